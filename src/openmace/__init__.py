@@ -1,0 +1,1 @@
+"""openmace: MACE interatomic potentials."""

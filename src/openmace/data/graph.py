@@ -1,0 +1,93 @@
+"""Atomic graphs: structures, their neighbour lists, and batches of several structures.
+
+A :class:`Graph` is a plain bundle of tensors. Edges run from ``sender`` to ``receiver``; the edge
+vector is ``r_receiver - r_sender + unit_shift · cell`` (periodic images keep their own edge; an
+atom's own image in a neighbouring cell is a neighbour, the atom itself is not).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import ase
+import numpy as np
+import torch
+from vesin import NeighborList
+
+
+@dataclass
+class Graph:
+    positions: torch.Tensor  # [n_atoms, 3] Å
+    atomic_numbers: torch.Tensor  # [n_atoms] int64
+    cell: torch.Tensor  # [n_graphs, 3, 3] Å, rows are lattice vectors (zeros if not periodic)
+    pbc: torch.Tensor  # [n_graphs, 3] bool
+    edge_index: torch.Tensor  # [2, n_edges] int64 (sender, receiver)
+    unit_shifts: torch.Tensor  # [n_edges, 3] integer lattice translations, as floats
+    batch: torch.Tensor  # [n_atoms] graph index of each atom
+    num_graphs: int
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Graph:
+        """Move to a device; floating tensors also to ``dtype``."""
+        changes = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                target_dtype = dtype if (dtype is not None and value.is_floating_point()) else None
+                changes[f.name] = value.to(device=device, dtype=target_dtype)
+        return replace(self, **changes)
+
+
+def neighbour_list(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs within ``cutoff`` (``i → j``, shift ``S`` with ``r_j - r_i + S·cell``), no self-pairs."""
+    if len(positions) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros((0, 3))
+    periodic = [bool(x) for x in pbc]
+    box = np.asarray(cell, dtype=np.float64)
+    if not any(periodic):
+        box = np.zeros((3, 3))
+    i, j, s = NeighborList(cutoff=cutoff, full_list=True).compute(
+        points=np.asarray(positions, dtype=np.float64), box=box, periodic=periodic, quantities="ijS"
+    )
+    keep = ~((i == j) & np.all(s == 0, axis=1))
+    return i[keep].astype(np.int64), j[keep].astype(np.int64), s[keep].astype(np.float64)
+
+
+def graph_from_atoms(atoms: ase.Atoms, cutoff: float) -> Graph:
+    """One structure as a graph (float64 positions; cast with :meth:`Graph.to`)."""
+    positions = atoms.get_positions()
+    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+    cell = np.asarray(atoms.get_cell()[:], dtype=np.float64)
+    sender, receiver, shifts = neighbour_list(positions, cell, pbc, cutoff)
+    return Graph(
+        positions=torch.tensor(positions, dtype=torch.float64),
+        atomic_numbers=torch.tensor(atoms.get_atomic_numbers(), dtype=torch.long),
+        cell=torch.tensor(cell, dtype=torch.float64).unsqueeze(0),
+        pbc=torch.tensor(pbc).unsqueeze(0),
+        edge_index=torch.tensor(np.stack([sender, receiver]), dtype=torch.long),
+        unit_shifts=torch.tensor(shifts, dtype=torch.float64),
+        batch=torch.zeros(len(atoms), dtype=torch.long),
+        num_graphs=1,
+    )
+
+
+def collate(graphs: list[Graph]) -> Graph:
+    """Concatenate graphs into one batch (edge indices offset by the atoms before them)."""
+    offsets = np.cumsum([0] + [len(g.positions) for g in graphs[:-1]])
+    graph_offsets = np.cumsum([0] + [g.num_graphs for g in graphs[:-1]])
+    return Graph(
+        positions=torch.cat([g.positions for g in graphs]),
+        atomic_numbers=torch.cat([g.atomic_numbers for g in graphs]),
+        cell=torch.cat([g.cell for g in graphs]),
+        pbc=torch.cat([g.pbc for g in graphs]),
+        edge_index=torch.cat([g.edge_index + int(o) for g, o in zip(graphs, offsets)], dim=1),
+        unit_shifts=torch.cat([g.unit_shifts for g in graphs]),
+        batch=torch.cat([g.batch + int(o) for g, o in zip(graphs, graph_offsets)]),
+        num_graphs=sum(g.num_graphs for g in graphs),
+    )
+
+
+def batch_atoms(atoms_list: list[ase.Atoms], cutoff: float) -> Graph:
+    return collate([graph_from_atoms(a, cutoff) for a in atoms_list])

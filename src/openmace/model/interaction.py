@@ -1,0 +1,75 @@
+"""Interaction block: A-features (paper eq. 8, eq. 9 for the first layer).
+
+    A_i = Linear( Σ_{j ∈ N(i)} R(r_ij) ⊗_CG Y(r̂_ij) ⊗ Linear_up(h_j) ) / avg_num_neighbors
+
+plus the element-dependent self-connection of eq. 12. In a residual block it acts on the block's
+input features and is added after the product block; in the non-residual first block it acts on
+the A-features themselves (mace-torch's ``RealAgnosticInteractionBlock``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from openmace.model.radial import MLP
+from openmace.o3 import (
+    ChannelwiseTensorProduct,
+    ElementGroups,
+    ElementLinear,
+    EquivariantLinear,
+    Irrep,
+    split_irreps,
+)
+
+
+class InteractionBlock(nn.Module):
+    def __init__(
+        self,
+        irreps_in: tuple[Irrep, ...],
+        irreps_sh: tuple[Irrep, ...],
+        irreps_target: tuple[Irrep, ...],
+        irreps_skip_out: tuple[Irrep, ...],
+        channels: int,
+        num_radial: int,
+        radial_mlp: list[int],
+        num_elements: int,
+        avg_num_neighbors: float,
+        residual: bool,
+    ) -> None:
+        super().__init__()
+        self.irreps_in, self.irreps_target = irreps_in, irreps_target
+        self.channels = channels
+        self.avg_num_neighbors = avg_num_neighbors
+        self.residual = residual
+        self.linear_up = EquivariantLinear([(channels, ir) for ir in irreps_in], irreps_in, channels)
+        self.tensor_product = ChannelwiseTensorProduct(irreps_in, irreps_sh, irreps_target)
+        self.radial_mlp = MLP([num_radial, *radial_mlp, self.tensor_product.num_paths * channels])
+        self.linear = EquivariantLinear(
+            [(n * channels, ir) for n, ir in self.tensor_product.irreps_mid], irreps_target, channels
+        )
+        if residual:
+            self.skip = ElementLinear(irreps_in, channels, irreps_skip_out, channels, num_elements)
+        else:
+            self.skip = ElementLinear(irreps_target, channels, irreps_target, channels, num_elements)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        groups: ElementGroups,
+        sh: torch.Tensor,
+        radial: torch.Tensor,
+        sender: torch.Tensor,
+        receiver: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``h [n, c, dim_in]`` → (A-features ``[n, c, dim_target]``, residual or None)."""
+        residual = self.skip(h, groups) if self.residual else None
+        x = self.linear_up(split_irreps(h, self.irreps_in))
+        weights = self.radial_mlp(radial).view(radial.shape[0], self.tensor_product.num_paths, self.channels)
+        messages = self.tensor_product(x[sender], sh, weights)
+        pooled = messages.new_zeros(h.shape[0], *messages.shape[1:])
+        pooled = pooled.index_add(0, receiver, messages)
+        a = self.linear(self.tensor_product.split_mid(pooled)) / self.avg_num_neighbors
+        if not self.residual:
+            a = self.skip(a, groups)
+        return a, residual

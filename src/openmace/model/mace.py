@@ -1,0 +1,156 @@
+"""The MACE model (paper eq. 8-13) and its derivatives: forces and stress.
+
+    h⁰ = W_embed[z]                          (element embedding)
+    for t = 1..T:
+        A = Interaction(h, edges)            (eq. 8-9)
+        h = Product(A) [+ SelfConnection(h)] (eq. 10-12)
+        E_i += Readout_t(h)                  (eq. 13)
+    E = Σ_i [E0(z_i) + scale · (E_i + E_ZBL,i) + shift]
+
+Forces are ``-∂E/∂r`` and the stress is ``(1/V) ∂E/∂ε`` for a symmetric strain ``ε`` of positions
+and cell (ASE's sign convention), both by automatic differentiation.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from openmace.data.graph import Graph
+from openmace.model.config import MACEConfig
+from openmace.model.interaction import InteractionBlock
+from openmace.model.product import ProductBlock
+from openmace.model.radial import RadialEmbedding, ZBLRepulsion
+from openmace.model.readout import Readout
+from openmace.o3 import ElementGroups, Irrep, spherical_harmonics, spherical_harmonics_irreps
+
+
+def _a_feature_irreps(config: MACEConfig, first: bool) -> tuple[Irrep, ...]:
+    """Irreps of the A-features: the spherical harmonics' irreps, both parities for every l
+    after the first layer when the hidden features contain odd scalars (as mace-torch)."""
+    sh = spherical_harmonics_irreps(config.max_ell)
+    if first or Irrep(0, -1) not in config.features.irreps:
+        return tuple(sh)
+    both = [Irrep(l, p) for l in range(config.max_ell + 1) for p in (-1, 1)]
+    return tuple(both)
+
+
+class MACE(nn.Module):
+    def __init__(self, config: MACEConfig) -> None:
+        super().__init__()
+        self.config = config
+        features = config.features
+        c = features.channels
+        num_elements = len(config.atomic_numbers)
+        z_to_index = torch.full((119,), -1, dtype=torch.long)
+        z_to_index[torch.tensor(config.atomic_numbers)] = torch.arange(num_elements)
+        self.register_buffer("z_to_index", z_to_index, persistent=False)
+        self.register_buffer(
+            "atomic_energies",
+            torch.tensor(config.atomic_energies, dtype=torch.get_default_dtype()),
+        )
+        self.num_elements = num_elements
+        self.embedding = nn.Parameter(torch.randn(num_elements, c))
+        self.radial = RadialEmbedding(config.r_max, config.num_bessel, config.num_polynomial_cutoff)
+        self.pair_repulsion = (
+            ZBLRepulsion(config.num_polynomial_cutoff) if config.pair_repulsion else None
+        )
+        self.irreps_sh = tuple(spherical_harmonics_irreps(config.max_ell))
+
+        self.interactions = nn.ModuleList()
+        self.products = nn.ModuleList()
+        self.readouts = nn.ModuleList()
+        irreps_in: tuple[Irrep, ...] = (Irrep(0, 1),)
+        for t, correlation in enumerate(config.correlations):
+            first, last = t == 0, t == config.num_interactions - 1
+            irreps_out = features.scalars().irreps if last else features.irreps
+            irreps_a = _a_feature_irreps(config, first)
+            residual = config.residual_first or not first
+            self.interactions.append(
+                InteractionBlock(
+                    irreps_in=irreps_in,
+                    irreps_sh=self.irreps_sh,
+                    irreps_target=irreps_a,
+                    irreps_skip_out=irreps_out,
+                    channels=c,
+                    num_radial=config.num_bessel,
+                    radial_mlp=config.radial_mlp,
+                    num_elements=num_elements,
+                    avg_num_neighbors=config.avg_num_neighbors,
+                    residual=residual,
+                )
+            )
+            self.products.append(ProductBlock(irreps_a, irreps_out, c, correlation, num_elements))
+            mlp_readout = last and config.num_interactions > 1
+            self.readouts.append(Readout(irreps_out, c, config.readout_mlp if mlp_readout else []))
+            irreps_in = irreps_out
+
+    def species(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        """Element index of each atom; clear error for elements the model does not know."""
+        index = self.z_to_index[atomic_numbers.clamp(0, 118)]
+        if bool((index < 0).any()) or bool((atomic_numbers > 118).any()):
+            unknown = sorted(set(atomic_numbers[index < 0].tolist()))
+            raise ValueError(
+                f"atomic number(s) {unknown} not in this model's elements "
+                f"{self.config.atomic_numbers}"
+            )
+        return index
+
+    def forward(
+        self,
+        graph: Graph,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        training: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Energies (eV), per-atom energies, forces (eV/Å) and, on request, virials (eV) and
+        stress (eV/Å³) of every graph in the batch."""
+        dtype = self.atomic_energies.dtype
+        graph = graph.to(device=self.atomic_energies.device, dtype=dtype)
+        species = self.species(graph.atomic_numbers)
+        groups = ElementGroups(species, self.num_elements)
+        leaf, cell = graph.positions.detach(), graph.cell
+        strain = None
+        if compute_forces or compute_stress:
+            leaf.requires_grad_(True)
+        positions = leaf
+        if compute_stress:
+            strain = torch.zeros(graph.num_graphs, 3, 3, dtype=dtype, device=positions.device)
+            strain.requires_grad_(True)
+            symmetric = 0.5 * (strain + strain.transpose(1, 2))
+            positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[graph.batch])
+            cell = cell + torch.bmm(cell, symmetric)
+
+        sender, receiver = graph.edge_index
+        shifts = torch.einsum("ei,eij->ej", graph.unit_shifts, cell[graph.batch[sender]])
+        vectors = positions[receiver] - positions[sender] + shifts
+        lengths = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
+        sh = spherical_harmonics(self.config.max_ell, vectors)
+        radial = self.radial(lengths)
+
+        num_atoms = positions.shape[0]
+        site = positions.new_zeros(num_atoms)
+        if self.pair_repulsion is not None:
+            z = graph.atomic_numbers
+            site = site + self.pair_repulsion(lengths, z[sender], z[receiver], num_atoms, receiver)
+        h = (self.embedding * self.num_elements**-0.5)[species].unsqueeze(-1)
+        for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
+            a, residual = interaction(h, groups, sh, radial, sender, receiver)
+            h = product(a, groups, residual)
+            site = site + readout(h)
+
+        node_energy = self.atomic_energies[species] + self.config.scale * site + self.config.shift
+        energy = positions.new_zeros(graph.num_graphs).index_add(0, graph.batch, node_energy)
+        out = {"energy": energy, "node_energy": node_energy}
+        if compute_forces or compute_stress:
+            inputs = [leaf] if strain is None else [leaf, strain]
+            grads = torch.autograd.grad(
+                energy.sum(), inputs, create_graph=training, allow_unused=True
+            )
+            out["forces"] = -grads[0] if grads[0] is not None else torch.zeros_like(leaf)
+            if strain is not None:
+                de_dstrain = grads[1] if grads[1] is not None else torch.zeros_like(strain)
+                volume = torch.linalg.det(graph.cell).abs()
+                out["virials"] = -de_dstrain
+                out["stress"] = de_dstrain / volume.view(-1, 1, 1)
+        return out

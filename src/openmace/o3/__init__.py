@@ -1,0 +1,27 @@
+"""Equivariant primitives: irreps, spherical harmonics, Clebsch-Gordan and coupling bases,
+equivariant linear maps and the channel-wise tensor product."""
+
+from openmace.o3.clebsch_gordan import clebsch_gordan, e3nn_044_sign
+from openmace.o3.coupling import CouplingBasis, coupling_basis, monomials
+from openmace.o3.irreps import FeatureIrreps, Irrep, irreps_dim, spherical_harmonics_irreps
+from openmace.o3.linear import ElementGroups, ElementLinear, EquivariantLinear, split_irreps
+from openmace.o3.spherical_harmonics import spherical_harmonics
+from openmace.o3.tensor_product import ChannelwiseTensorProduct
+
+__all__ = [
+    "ChannelwiseTensorProduct",
+    "CouplingBasis",
+    "ElementGroups",
+    "ElementLinear",
+    "EquivariantLinear",
+    "FeatureIrreps",
+    "Irrep",
+    "clebsch_gordan",
+    "coupling_basis",
+    "e3nn_044_sign",
+    "irreps_dim",
+    "monomials",
+    "spherical_harmonics",
+    "spherical_harmonics_irreps",
+    "split_irreps",
+]

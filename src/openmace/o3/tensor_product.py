@@ -1,0 +1,80 @@
+"""Channel-wise ("uvu") tensor product of features with spherical harmonics (paper eq. 8).
+
+For every allowed path ``(l1, l2) → l3`` (node irrep ``l1``, harmonic ``l2``, target ``l3``):
+
+    m_{c, l3}(edge) = w_{path, c}(r) · Σ_{m1 m2} C^{l3 m3}_{l1 m1, l2 m2} x_{c, l1 m1} Y_{l2 m2}(r̂)
+
+Each path keeps its own output slot; paths are ordered by output irrep (stable), which is
+mace-torch's ordering of its ``conv_tp`` instructions, so converted radial weights line up.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from openmace.o3.clebsch_gordan import clebsch_gordan
+from openmace.o3.irreps import Irrep, irreps_dim, irreps_slices
+
+
+class ChannelwiseTensorProduct(nn.Module):
+    """Edge-wise product ``x [e, c, dim_in] ⊗ Y [e, dim_sh] → [e, c, dim_mid]`` with weights."""
+
+    def __init__(
+        self,
+        irreps_in: list[Irrep] | tuple[Irrep, ...],
+        irreps_sh: list[Irrep] | tuple[Irrep, ...],
+        irreps_target: list[Irrep] | tuple[Irrep, ...],
+    ) -> None:
+        super().__init__()
+        target = set(irreps_target)
+        paths = []
+        for i1, ir1 in enumerate(irreps_in):
+            for i2, ir2 in enumerate(irreps_sh):
+                for ir3 in ir1 * ir2:
+                    if ir3 in target:
+                        paths.append((i1, i2, ir3))
+        # stable sort by output irrep: (l, p) with odd before even, as e3nn orders irreps
+        paths.sort(key=lambda path: (path[2].l, path[2].p))
+        self.paths: list[tuple[int, int, Irrep]] = paths
+        self.irreps_in = tuple(irreps_in)
+        self.irreps_sh = tuple(irreps_sh)
+        # irreps of the output slots: (number of paths, irrep) per distinct output irrep
+        self.irreps_mid: list[tuple[int, Irrep]] = []
+        for *_, ir3 in paths:
+            if self.irreps_mid and self.irreps_mid[-1][1] == ir3:
+                self.irreps_mid[-1] = (self.irreps_mid[-1][0] + 1, ir3)
+            else:
+                self.irreps_mid.append((1, ir3))
+        dim_mid = sum(ir3.dim for *_, ir3 in paths)
+        cg = torch.zeros(irreps_dim(irreps_in), irreps_dim(irreps_sh), dim_mid, dtype=torch.float64)
+        s_in, s_sh = irreps_slices(irreps_in), irreps_slices(irreps_sh)
+        path_of_slot = []
+        start = 0
+        for p, (i1, i2, ir3) in enumerate(paths):
+            block = clebsch_gordan(irreps_in[i1].l, irreps_sh[i2].l, ir3.l)
+            cg[s_in[i1], s_sh[i2], start : start + ir3.dim] = block
+            path_of_slot += [p] * ir3.dim
+            start += ir3.dim
+        self.register_buffer("cg", cg.to(torch.get_default_dtype()))
+        self.register_buffer("path_of_slot", torch.tensor(path_of_slot, dtype=torch.long))
+
+    @property
+    def num_paths(self) -> int:
+        return len(self.paths)
+
+    def forward(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``x [e, c, dim_in]``, ``sh [e, dim_sh]``, ``weights [e, paths, c]`` → ``[e, c, dim_mid]``."""
+        coupling = torch.einsum("ijp,ej->eip", self.cg, sh)
+        out = torch.bmm(x, coupling)
+        return out * weights.transpose(1, 2)[:, :, self.path_of_slot]
+
+    def split_mid(self, mid: torch.Tensor) -> list[torch.Tensor]:
+        """``[n, c, dim_mid]`` → per output irrep ``[n, paths · c, 2l+1]`` (path-major)."""
+        blocks, start = [], 0
+        n, c = mid.shape[:2]
+        for count, ir in self.irreps_mid:
+            block = mid[:, :, start : start + count * ir.dim].reshape(n, c, count, ir.dim)
+            blocks.append(block.transpose(1, 2).reshape(n, count * c, ir.dim))
+            start += count * ir.dim
+        return blocks
