@@ -54,7 +54,7 @@ class SymmetricContraction(nn.Module):
                 if basis.size == 0:
                     continue
                 key = f"{j}_{nu}"
-                self.register_buffer(f"U_{key}", basis.coefficients.to(dtype))
+                self.register_buffer(f"U_{key}", basis.coefficients.to(dtype), persistent=False)
                 self.weights[key] = nn.Parameter(
                     torch.randn(num_elements, basis.size, channels) / basis.size
                 )

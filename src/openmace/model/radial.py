@@ -100,7 +100,9 @@ class ZBLRepulsion(nn.Module):
         self.p = p
         self.a_exp, self.a_prefactor = a_exp, a_prefactor
         self.register_buffer(
-            "covalent_radii", torch.tensor(covalent_radii, dtype=torch.get_default_dtype())
+            "covalent_radii",
+            torch.tensor(covalent_radii, dtype=torch.get_default_dtype()),
+            persistent=False,
         )
 
     def forward(

@@ -56,8 +56,10 @@ class ChannelwiseTensorProduct(nn.Module):
             cg[s_in[i1], s_sh[i2], start : start + ir3.dim] = block
             path_of_slot += [p] * ir3.dim
             start += ir3.dim
-        self.register_buffer("cg", cg.to(torch.get_default_dtype()))
-        self.register_buffer("path_of_slot", torch.tensor(path_of_slot, dtype=torch.long))
+        self.register_buffer("cg", cg.to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer(
+            "path_of_slot", torch.tensor(path_of_slot, dtype=torch.long), persistent=False
+        )
 
     @property
     def num_paths(self) -> int:

@@ -1,0 +1,25 @@
+"""``openmace convert SRC -o DST``: import a mace-torch model into an openmace model file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "convert a mace-torch model (config.json + weights.safetensors folder, or .model) to openmace"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", type=Path, help="mace-torch folder or .model file")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="openmace model file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from openmace.io.mace_torch import load_mace_torch
+    from openmace.io.model_file import save_model
+
+    model = load_mace_torch(args.source)
+    path = save_model(model, args.output, provenance={"converted_from": str(args.source)})
+    n = sum(p.numel() for p in model.parameters())
+    print(f"converted {args.source} ({n} parameters, elements {model.config.atomic_numbers})")
+    print(f"model: {path}")
+    return 0

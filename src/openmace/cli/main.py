@@ -1,0 +1,42 @@
+"""``openmace`` command line: one thin module per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from openmace.cli import convert, demo, info
+
+COMMANDS = {"demo": demo, "convert": convert, "info": info}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from openmace import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="openmace", description="MACE interatomic potentials: train, evaluate, run."
+    )
+    parser.add_argument("--version", action="version", version=f"openmace {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command].run(args) or 0
+    except (ValueError, FileNotFoundError) as err:
+        print(f"openmace {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

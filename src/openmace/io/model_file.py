@@ -1,0 +1,150 @@
+"""The openmace model file: one safetensors file, no pickle.
+
+Tensors are the model's parameters (plain arrays, read by the safetensors library, which never
+executes code). The header's string metadata holds JSON: the file format and its version, the
+model hyperparameters (:class:`openmace.model.MACEConfig`), units, the openmace version and free
+provenance (training data, metrics). Loading validates the header, rebuilds the model from the
+hyperparameters and checks every tensor's name, shape and dtype before copying it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from openmace.model import MACE, MACEConfig
+
+FORMAT_NAME = "openmace-model"
+FORMAT_VERSION = 1
+UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å³"}
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be loaded; the message names the file and the problem."""
+
+
+def _version() -> str:
+    from openmace import __version__
+
+    return __version__
+
+
+def save_model(model: MACE, path: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to ``path`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(model.config.to_dict()),
+        "units": json.dumps(UNITS),
+        "openmace_version": _version(),
+        "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
+        "provenance": json.dumps(provenance or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """Validated metadata of a model file (config, units, versions, provenance)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    with open(path, "rb") as fh:
+        start = fh.read(8)
+    if len(start) < 8:
+        raise ModelFileError(f"{path}: not an openmace model file (file too short)")
+    if start[:2] == b"\x80\x02" or start[:1] == b"\x80" or start[:2] == b"PK":
+        raise ModelFileError(
+            f"{path}: this is a pickle/zip file (e.g. a mace-torch .model); it was not loaded "
+            "because unpickling can run code. Convert it with `openmace convert`."
+        )
+    header_size = int.from_bytes(start, "little")
+    if header_size > MAX_HEADER_BYTES or header_size > path.stat().st_size - 8:
+        raise ModelFileError(f"{path}: corrupt model file (header size {header_size} bytes)")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelFileError(f"{path}: corrupt or truncated model file ({err})") from err
+    if metadata.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{path}: not an openmace model file (format {metadata.get('format')!r})")
+    try:
+        version = int(metadata.get("format_version", "0"))
+    except ValueError as err:
+        raise ModelFileError(f"{path}: bad format_version") from err
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: model file format {version} is newer than this openmace supports "
+            f"({FORMAT_VERSION}); upgrade openmace"
+        )
+    try:
+        header = {k: metadata[k] for k in ("openmace_version", "dtype") if k in metadata}
+        for key in ("config", "units", "provenance"):
+            header[key] = json.loads(metadata.get(key, "{}"))
+        header["config"] = MACEConfig.from_dict(header["config"])
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        raise ModelFileError(f"{path}: invalid header: {err}") from err
+    header["format_version"] = version
+    return header
+
+
+def load_model(
+    path: str | Path, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"
+) -> MACE:
+    """Load a model file into a :class:`MACE` on ``device`` in ``dtype``."""
+    path = Path(path)
+    header = read_header(path)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = MACE(header["config"])
+    finally:
+        torch.set_default_dtype(previous)
+    expected = model.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            names = set(fh.keys())
+            if names != set(expected):
+                missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+                raise ModelFileError(
+                    f"{path}: tensors do not match the config (missing {missing[:5]}, "
+                    f"unexpected {extra[:5]})"
+                )
+            for name in expected:
+                sl = fh.get_slice(name)
+                shape = tuple(sl.get_shape())
+                if shape != tuple(expected[name].shape):
+                    raise ModelFileError(
+                        f"{path}: tensor {name} has shape {shape}, expected "
+                        f"{tuple(expected[name].shape)}"
+                    )
+                if sl.get_dtype() not in ("F64", "F32", "F16", "BF16"):
+                    raise ModelFileError(f"{path}: tensor {name} has dtype {sl.get_dtype()}")
+                tensors[name] = fh.get_tensor(name)
+    except SafetensorError as err:
+        raise ModelFileError(f"{path}: corrupt or truncated model file ({err})") from err
+    model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()})
+    model.provenance = header["provenance"]
+    return model.to(device)
