@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "convert a mace-torch model (config.json + weights.safetensors folder, or .model) to openmace"
+HELP = (
+    "convert a mace-torch model (config.json + weights.safetensors folder, or .model) to openmace"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

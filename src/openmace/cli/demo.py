@@ -15,7 +15,9 @@ HELP = "evaluate a small molecule with the bundled demo model (or --model)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model file (default: bundled demo model)")
-    parser.add_argument("--molecule", default="CH3CH2OH", help="ASE molecule name (default ethanol)")
+    parser.add_argument(
+        "--molecule", default="CH3CH2OH", help="ASE molecule name (default ethanol)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

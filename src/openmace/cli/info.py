@@ -20,11 +20,18 @@ def run(args: argparse.Namespace) -> int:
     header = read_header(args.model)
     config = header["config"]
     elements = " ".join(chemical_symbols[z] for z in config.atomic_numbers)
-    print(f"file                   {args.model} (format {header['format_version']}, "
-          f"openmace {header.get('openmace_version', '?')}, stored as {header.get('dtype', '?')})")
+    print(
+        f"file                   {args.model} (format {header['format_version']}, "
+        f"openmace {header.get('openmace_version', '?')}, stored as {header.get('dtype', '?')})"
+    )
     print(f"elements               {elements}")
-    print("E0 (eV)                " + ", ".join(
-        f"{chemical_symbols[z]} {e:.6f}" for z, e in zip(config.atomic_numbers, config.atomic_energies)))
+    print(
+        "E0 (eV)                "
+        + ", ".join(
+            f"{chemical_symbols[z]} {e:.6f}"
+            for z, e in zip(config.atomic_numbers, config.atomic_energies)
+        )
+    )
     for key, value in config.to_dict().items():
         if key not in ("atomic_numbers", "atomic_energies"):
             print(f"{key:<22} {value}")

@@ -26,7 +26,9 @@ class Graph:
     batch: torch.Tensor  # [n_atoms] graph index of each atom
     num_graphs: int
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Graph:
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Graph:
         """Move to a device; floating tensors also to ``dtype``."""
         changes = {}
         for f in fields(self):
@@ -40,7 +42,7 @@ class Graph:
 def neighbour_list(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs within ``cutoff`` (``i → j``, shift ``S`` with ``r_j - r_i + S·cell``), no self-pairs."""
+    """Pairs within ``cutoff``: ``i → j`` with vector ``r_j - r_i + S·cell``; no self-pairs."""
     if len(positions) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros((0, 3))

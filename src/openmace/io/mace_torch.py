@@ -74,7 +74,9 @@ def _check_supported(cfg: dict) -> None:
         if not any(name.endswith(a) or name.endswith(a + "'>") for a in allowed):
             raise ConversionError(f"{key}={name!r} is not supported")
     if "Residual" not in str(cfg.get("interaction_cls", "Residual")):
-        raise ConversionError("only residual interaction blocks after the first layer are supported")
+        raise ConversionError(
+            "only residual interaction blocks after the first layer are supported"
+        )
 
 
 def config_from_mace_torch(cfg: dict, state: dict[str, torch.Tensor]) -> MACEConfig:
@@ -152,8 +154,9 @@ def _convert_contraction(prefix: str, state: dict, ours, irrep_index: int, irrep
                 raise ConversionError(f"{u_key}: polynomial outside the coupling basis")
             continue
         basis = getattr(ours, f"U_{key}").to(torch.float64)  # [K', M, n]
-        metric = torch.tensor([1.0 / monomial_multiplicity(m) for m in monomials(dim, nu)],
-                              dtype=torch.float64)
+        metric = torch.tensor(
+            [1.0 / monomial_multiplicity(m) for m in monomials(dim, nu)], dtype=torch.float64
+        )
         norm = torch.einsum("kmn,jmn,n->kj", basis, basis, metric)
         coeffs = torch.einsum("kmn,ecmn,n->eck", basis, target, metric)
         solved = torch.linalg.solve(norm, coeffs.reshape(-1, basis.shape[0]).T).T
@@ -206,11 +209,17 @@ def model_from_mace_torch(
             ):
                 _set(w, value)
             # radial MLP: fold e3nn's activation constant and the e3nn 0.4.4 CG signs
-            mlp_weights = [state[f"{p}.conv_tp_weights.layer{i}.weight"]
-                           for i in range(len(inter.radial_mlp.weights))]
+            mlp_weights = [
+                state[f"{p}.conv_tp_weights.layer{i}.weight"]
+                for i in range(len(inter.radial_mlp.weights))
+            ]
             signs = torch.tensor(
-                [e3nn_044_sign(inter.irreps_in[i1].l, inter.tensor_product.irreps_sh[i2].l, ir3.l)
-                 for i1, i2, ir3 in inter.tensor_product.paths],
+                [
+                    e3nn_044_sign(
+                        inter.irreps_in[i1].l, inter.tensor_product.irreps_sh[i2].l, ir3.l
+                    )
+                    for i1, i2, ir3 in inter.tensor_product.paths
+                ],
                 dtype=torch.float64,
             )
             for i, (w, value) in enumerate(zip(inter.radial_mlp.weights, mlp_weights)):

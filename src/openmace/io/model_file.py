@@ -88,7 +88,9 @@ def read_header(path: str | Path) -> dict[str, Any]:
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelFileError(f"{path}: corrupt or truncated model file ({err})") from err
     if metadata.get("format") != FORMAT_NAME:
-        raise ModelFileError(f"{path}: not an openmace model file (format {metadata.get('format')!r})")
+        raise ModelFileError(
+            f"{path}: not an openmace model file (format {metadata.get('format')!r})"
+        )
     try:
         version = int(metadata.get("format_version", "0"))
     except ValueError as err:

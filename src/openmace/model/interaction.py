@@ -42,16 +42,22 @@ class InteractionBlock(nn.Module):
         self.channels = channels
         self.avg_num_neighbors = avg_num_neighbors
         self.residual = residual
-        self.linear_up = EquivariantLinear([(channels, ir) for ir in irreps_in], irreps_in, channels)
+        self.linear_up = EquivariantLinear(
+            [(channels, ir) for ir in irreps_in], irreps_in, channels
+        )
         self.tensor_product = ChannelwiseTensorProduct(irreps_in, irreps_sh, irreps_target)
         self.radial_mlp = MLP([num_radial, *radial_mlp, self.tensor_product.num_paths * channels])
         self.linear = EquivariantLinear(
-            [(n * channels, ir) for n, ir in self.tensor_product.irreps_mid], irreps_target, channels
+            [(n * channels, ir) for n, ir in self.tensor_product.irreps_mid],
+            irreps_target,
+            channels,
         )
         if residual:
             self.skip = ElementLinear(irreps_in, channels, irreps_skip_out, channels, num_elements)
         else:
-            self.skip = ElementLinear(irreps_target, channels, irreps_target, channels, num_elements)
+            self.skip = ElementLinear(
+                irreps_target, channels, irreps_target, channels, num_elements
+            )
 
     def forward(
         self,
@@ -65,7 +71,9 @@ class InteractionBlock(nn.Module):
         """``h [n, c, dim_in]`` → (A-features ``[n, c, dim_target]``, residual or None)."""
         residual = self.skip(h, groups) if self.residual else None
         x = self.linear_up(split_irreps(h, self.irreps_in))
-        weights = self.radial_mlp(radial).view(radial.shape[0], self.tensor_product.num_paths, self.channels)
+        weights = self.radial_mlp(radial).view(
+            radial.shape[0], self.tensor_product.num_paths, self.channels
+        )
         messages = self.tensor_product(x[sender], sh, weights)
         pooled = messages.new_zeros(h.shape[0], *messages.shape[1:])
         pooled = pooled.index_add(0, receiver, messages)

@@ -103,8 +103,9 @@ class MACE(nn.Module):
         compute_stress: bool = False,
         training: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Energies (eV), per-atom energies, forces (eV/Å) and, on request, virials (eV) and
-        stress (eV/Å³) of every graph in the batch."""
+        """Energies (eV), per-atom energies including E0 (eV), forces (eV/Å) and, on request,
+        virials (eV, ``-∂E/∂ε``) and stress (eV/Å³, ``(1/V) ∂E/∂ε``; zero for structures that
+        are not periodic in all three directions) of every graph in the batch."""
         dtype = self.atomic_energies.dtype
         graph = graph.to(device=self.atomic_energies.device, dtype=dtype)
         species = self.species(graph.atomic_numbers)
@@ -150,7 +151,11 @@ class MACE(nn.Module):
             out["forces"] = -grads[0] if grads[0] is not None else torch.zeros_like(leaf)
             if strain is not None:
                 de_dstrain = grads[1] if grads[1] is not None else torch.zeros_like(strain)
-                volume = torch.linalg.det(graph.cell).abs()
+                periodic = graph.pbc.all(dim=1)
+                volume = torch.where(periodic, torch.linalg.det(graph.cell).abs(), 1.0)
                 out["virials"] = -de_dstrain
-                out["stress"] = de_dstrain / volume.view(-1, 1, 1)
+                # stress is defined for fully periodic structures only; zero elsewhere
+                out["stress"] = torch.where(
+                    periodic.view(-1, 1, 1), de_dstrain / volume.view(-1, 1, 1), 0.0
+                )
         return out

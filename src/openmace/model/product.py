@@ -80,7 +80,9 @@ class SymmetricContraction(nn.Module):
         out = [a]
         for nu in range(2, self.correlation + 1):
             prev = out[-1]
-            out.append(prev[..., getattr(self, f"prefix_{nu}")] * a[..., getattr(self, f"last_{nu}")])
+            out.append(
+                prev[..., getattr(self, f"prefix_{nu}")] * a[..., getattr(self, f"last_{nu}")]
+            )
         return torch.cat(out, dim=-1)
 
     def forward(self, a: torch.Tensor, groups: ElementGroups) -> torch.Tensor:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ def polynomial_cutoff(r: torch.Tensor, r_max: float | torch.Tensor, p: int) -> t
     return f * (x < 1.0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def silu_normalisation() -> float:
     """``1 / sqrt(E[silu(z)^2])`` for ``z ~ N(0, 1)``, by 200-point Gauss-Hermite quadrature
     (exact to float64 precision). Rescaled SiLU keeps unit second moment through the MLPs."""
@@ -57,7 +57,7 @@ class NormalizedSiLU(nn.Module):
 
 
 class MLP(nn.Module):
-    """Bias-free MLP ``x → (x W / sqrt(fan_in)) → SiLU → ...``, no activation after the last layer."""
+    """Bias-free MLP ``x → x W / sqrt(fan_in) → SiLU → ...``; no activation after the last."""
 
     def __init__(self, sizes: list[int]) -> None:
         super().__init__()
@@ -106,7 +106,11 @@ class ZBLRepulsion(nn.Module):
         )
 
     def forward(
-        self, r: torch.Tensor, z_sender: torch.Tensor, z_receiver: torch.Tensor, num_atoms: int,
+        self,
+        r: torch.Tensor,
+        z_sender: torch.Tensor,
+        z_receiver: torch.Tensor,
+        num_atoms: int,
         receiver: torch.Tensor,
     ) -> torch.Tensor:
         zs, zr = z_sender.unsqueeze(-1), z_receiver.unsqueeze(-1)

@@ -17,7 +17,7 @@ mace-torch state dicts.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 from e3nn.o3 import wigner_3j
@@ -36,19 +36,19 @@ E3NN_044_LMAX = 11
 def e3nn_044_sign(l1: int, l2: int, l3: int) -> int:
     """Sign of e3nn 0.4.4's ``wigner_3j(l1, l2, l3)`` relative to :func:`clebsch_gordan`."""
     if max(l1, l2, l3) > E3NN_044_LMAX:
-        raise ValueError(f"e3nn 0.4.4 has no Clebsch-Gordan coefficients beyond l = {E3NN_044_LMAX}")
+        raise ValueError(
+            f"e3nn 0.4.4 has no Clebsch-Gordan coefficients beyond l = {E3NN_044_LMAX}"
+        )
     a, b, c = sorted((l1, l2, l3))
     return -1 if (a, b, c) in E3NN_044_FLIPPED else 1
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cg64(l1: int, l2: int, l3: int) -> torch.Tensor:
     return wigner_3j(l1, l2, l3, dtype=torch.float64) * (2 * l3 + 1) ** 0.5
 
 
-def clebsch_gordan(
-    l1: int, l2: int, l3: int, dtype: torch.dtype = torch.float64
-) -> torch.Tensor:
+def clebsch_gordan(l1: int, l2: int, l3: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Real Clebsch-Gordan tensor ``[2l1+1, 2l2+1, 2l3+1]`` with norm ``sqrt(2 l3 + 1)``."""
     if not abs(l1 - l2) <= l3 <= l1 + l2:
         raise ValueError(f"no coupling {l1} ⊗ {l2} → {l3}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from itertools import combinations_with_replacement
 
 import torch
@@ -29,7 +29,7 @@ from openmace.o3.clebsch_gordan import clebsch_gordan
 from openmace.o3.irreps import Irrep, irreps_slices
 
 
-@lru_cache(maxsize=None)
+@cache
 def monomials(dim: int, degree: int) -> tuple[tuple[int, ...], ...]:
     """All sorted index tuples of length ``degree`` over ``range(dim)``, in lexicographic order."""
     return tuple(combinations_with_replacement(range(dim), degree))
@@ -43,7 +43,7 @@ def monomial_multiplicity(mono: tuple[int, ...]) -> int:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def monomial_recursion(dim: int, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For each degree-``degree`` monomial: (index of the monomial without its last factor
     among degree-``degree - 1`` monomials, index of the last factor)."""
@@ -81,10 +81,10 @@ def _reduce(polys: torch.Tensor, weights: torch.Tensor, tol: float = 1e-9) -> to
     scaled = (polys * weights.sqrt()).reshape(k, m * n)
     _, s, vh = torch.linalg.svd(scaled, full_matrices=False)
     rank = int((s > tol * max(1.0, float(s[0]))).sum())
-    return (vh[:rank].reshape(rank, m, n) / weights.sqrt())
+    return vh[:rank].reshape(rank, m, n) / weights.sqrt()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _coupling_levels(
     irreps_in: tuple[Irrep, ...], degree: int, lmax_keep: int
 ) -> dict[Irrep, torch.Tensor]:
@@ -97,7 +97,8 @@ def _coupling_levels(
             poly = torch.zeros(1, ir.dim, dim, dtype=torch.float64)
             poly[0, :, sl] = torch.eye(ir.dim, dtype=torch.float64)
             level.setdefault(ir, []).append(poly)
-        return {ir: torch.cat(p) for ir, p in level.items()}
+        ones = torch.ones(dim, dtype=torch.float64)
+        return {ir: _reduce(torch.cat(p), ones) for ir, p in level.items()}
 
     previous = _coupling_levels(irreps_in, degree - 1, lmax_keep + max(ir.l for ir in irreps_in))
     prev_monos = monomials(dim, degree - 1)

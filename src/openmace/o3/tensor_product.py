@@ -66,7 +66,7 @@ class ChannelwiseTensorProduct(nn.Module):
         return len(self.paths)
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``x [e, c, dim_in]``, ``sh [e, dim_sh]``, ``weights [e, paths, c]`` → ``[e, c, dim_mid]``."""
+        """``x [e, c, dim_in]``, ``sh [e, dim_sh]``, ``weights [e, paths, c]`` → ``[e, c, mid]``."""
         coupling = torch.einsum("ijp,ej->eip", self.cg, sh)
         out = torch.bmm(x, coupling)
         return out * weights.transpose(1, 2)[:, :, self.path_of_slot]
