@@ -45,3 +45,30 @@ def test_parity_batched(name, parity_dirs):
     expected = torch.tensor([r["energy"] for r in references])
     sizes = torch.tensor([len(a) for a in frames])
     assert ((out["energy"] - expected).abs() / sizes).max().item() < 1e-9
+
+
+def test_sign_convention_matters_for_mixed_parity_models(parity_dirs, monkeypatch):
+    """Without the e3nn 0.4.4 sign table, a model with odd-parity hidden irreps (fixture p4)
+    converts to wrong forces: the fixtures really exercise the sign convention. (The effect is
+    small, ~2e-7 eV/Å here, because the non-natural-parity features are small in this model.)"""
+    import openmace.io.mace_torch as conversion
+
+    folder = parity_dirs["p4_mixed_parity_zbl"]
+    model = load_mace_torch(folder)
+    flipped = [
+        path
+        for inter in model.interactions
+        for path in inter.tensor_product.paths
+        if conversion.e3nn_044_sign(
+            inter.irreps_in[path[0]].l, inter.tensor_product.irreps_sh[path[1]].l, path[2].l
+        )
+        < 0
+    ]
+    assert flipped
+    monkeypatch.setattr(conversion, "e3nn_044_sign", lambda *_: 1)
+    wrong = load_mace_torch(folder)
+    worst = 0.0
+    for atoms, ref in zip(read(folder / "structures.xyz", ":"), load_reference(folder)):
+        forces = wrong(batch_atoms([atoms], wrong.config.r_max))["forces"]
+        worst = max(worst, (forces - torch.tensor(ref["forces"])).abs().max().item())
+    assert worst > 1e-8  # fails the parity tolerance without the sign table

@@ -70,3 +70,36 @@ def test_mixed_parity_inputs_give_pseudo_scalars():
     irreps = (Irrep(0, 1), Irrep(1, -1), Irrep(1, 1))
     assert coupling_basis(irreps, Irrep(0, -1), 2).size == 1
     assert coupling_basis(spherical_harmonics_irreps(2), Irrep(0, -1), 2).size == 0
+
+
+def test_canonical_basis_does_not_depend_on_the_spanning_set():
+    """Model weights are coordinates in this basis: any spanning set of the same space (other
+    SVD rotations or signs, other LAPACK) must give the same basis."""
+    from openmace.o3.coupling import canonical_basis
+
+    basis = coupling_basis(spherical_harmonics_irreps(3), Irrep(1, -1), 3)
+    dim = 16
+    metric = torch.tensor([1.0 / monomial_multiplicity(m) for m in monomials(dim, 3)])
+    mix = torch.randn(basis.size + 3, basis.size, generator=torch.Generator().manual_seed(5))
+    spanning = torch.einsum("jk,kmn->jmn", mix, basis.coefficients)  # redundant, rotated
+    again = canonical_basis(spanning, metric) * 3**0.5
+    assert again.shape == basis.coefficients.shape
+    assert torch.allclose(again, basis.coefficients, atol=1e-12)
+
+
+def test_bundled_demo_model_reproduces_its_mace_torch_reference(parity_dirs):
+    """A stored model file keeps its meaning: the bundled demo model (converted from fixture
+    p2 and saved) still gives mace-torch's energies."""
+    from importlib.resources import files
+
+    from ase.io import read
+
+    from openmace import load_model
+    from openmace.data.graph import batch_atoms
+    from tests.conftest import load_reference
+
+    model = load_model(str(files("openmace") / "resources" / "demo-hcno.safetensors"))
+    folder = parity_dirs["p2_molecular_L1"]
+    for atoms, ref in zip(read(folder / "structures.xyz", ":"), load_reference(folder)):
+        energy = model(batch_atoms([atoms], model.config.r_max))["energy"].item()
+        assert abs(energy - ref["energy"]) / len(atoms) < 1e-9

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from functools import cache
 
+import e3nn
 import torch
 from e3nn.o3 import wigner_3j
 
@@ -43,9 +44,15 @@ def e3nn_044_sign(l1: int, l2: int, l3: int) -> int:
     return -1 if (a, b, c) in E3NN_044_FLIPPED else 1
 
 
+# Our convention is e3nn >= 0.5's. Under e3nn 0.4 (e.g. installed beside mace-torch, which pins
+# it) we undo its signs, so openmace computes the same numbers whatever e3nn is installed.
+_E3NN_IS_044 = tuple(int(x) for x in e3nn.__version__.split(".")[:2]) < (0, 5)
+
+
 @cache
 def _cg64(l1: int, l2: int, l3: int) -> torch.Tensor:
-    return wigner_3j(l1, l2, l3, dtype=torch.float64) * (2 * l3 + 1) ** 0.5
+    cg = wigner_3j(l1, l2, l3, dtype=torch.float64) * (2 * l3 + 1) ** 0.5
+    return cg * e3nn_044_sign(l1, l2, l3) if _E3NN_IS_044 else cg
 
 
 def clebsch_gordan(l1: int, l2: int, l3: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:

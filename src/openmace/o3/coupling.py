@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from functools import cache
 from itertools import combinations_with_replacement
 
+import numpy as np
 import torch
 
 from openmace.o3.clebsch_gordan import clebsch_gordan
@@ -82,6 +83,37 @@ def _reduce(polys: torch.Tensor, weights: torch.Tensor, tol: float = 1e-9) -> to
     _, s, vh = torch.linalg.svd(scaled, full_matrices=False)
     rank = int((s > tol * max(1.0, float(s[0]))).sum())
     return vh[:rank].reshape(rank, m, n) / weights.sqrt()
+
+
+def canonical_basis(polys: torch.Tensor, weights: torch.Tensor, tol: float = 1e-8) -> torch.Tensor:
+    """The unique orthonormal basis (under ``<P, Q> = Σ P Q w``) of the span of ``polys``.
+
+    An SVD basis of a subspace is arbitrary up to rotations (degenerate singular values are the
+    rule here, by symmetry) and signs, and may differ between LAPACK builds. Model weights are
+    coordinates in this basis, so it must not: we take the reduced row echelon form of the span
+    (a canonical form of a row space), then Gram-Schmidt in pivot order with positive pivots.
+    """
+    if polys.shape[0] == 0:
+        return polys
+    k, m, n = polys.shape
+    root = weights.sqrt().numpy()
+    a = (polys.numpy() * root).reshape(k, m * n).copy()
+    a /= np.abs(a).max()
+    rank = 0
+    for col in range(a.shape[1]):
+        if rank == k:
+            break
+        pivot = rank + int(np.argmax(np.abs(a[rank:, col])))
+        if abs(a[pivot, col]) < tol:
+            continue
+        a[[rank, pivot]] = a[[pivot, rank]]
+        a[rank] /= a[rank, col]
+        others = np.arange(k) != rank
+        a[others] -= np.outer(a[others, col], a[rank])
+        rank += 1
+    q, r = np.linalg.qr(a[:rank].T)
+    q = q * np.sign(np.diag(r))
+    return torch.from_numpy(np.ascontiguousarray(q.T)).reshape(rank, m, n) / weights.sqrt()
 
 
 @cache
@@ -144,6 +176,10 @@ def coupling_basis(
     dim = sum(ir.dim for ir in irreps_in)
     n_mono = len(monomials(dim, degree))
     coeffs = levels.get(irrep_out, torch.zeros(0, irrep_out.dim, n_mono, dtype=torch.float64))
+    metric = torch.tensor(
+        [1.0 / monomial_multiplicity(m) for m in monomials(dim, degree)], dtype=torch.float64
+    )
+    coeffs = canonical_basis(coeffs, metric)
     return CouplingBasis(irreps_in, irrep_out, degree, coeffs * irrep_out.dim**0.5)
 
 
