@@ -45,4 +45,3 @@ def test_errors_are_one_line_not_tracebacks(tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and str(bad) in result.stderr
-

@@ -16,6 +16,7 @@ MODELS = {
     "L3_corr4": dict(hidden_irreps="4x0e+4x1o+4x2e+4x3o", correlation=4, max_ell=3),
     "odd_parity": dict(hidden_irreps="4x0e+4x0o+4x1o+4x1e", max_ell=2),
     "nonresidual_zbl": dict(residual_first=False, pair_repulsion=True, num_interactions=3),
+    "max_ell6": dict(hidden_irreps="4x0e+4x1o+4x2e", max_ell=6, correlation=2),
 }
 
 
