@@ -6,9 +6,9 @@ import argparse
 import logging
 import sys
 
-from openmace.cli import convert, demo, info
+from openmace.cli import convert, demo, info, train
 
-COMMANDS = {"demo": demo, "convert": convert, "info": info}
+COMMANDS = {"train": train, "demo": demo, "convert": convert, "info": info}
 
 
 def build_parser() -> argparse.ArgumentParser:

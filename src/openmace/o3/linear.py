@@ -11,12 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from openmace.o3.irreps import Irrep, irreps_slices
+from openmace.o3.irreps import Irrep
 
 
 def split_irreps(x: torch.Tensor, irreps: list[Irrep] | tuple[Irrep, ...]) -> list[torch.Tensor]:
     """Split features ``[n, channels, dim]`` into per-irrep blocks ``[n, channels, 2l+1]``."""
-    return [x[..., sl] for sl in irreps_slices(irreps)]
+    # split (not slicing): its backward concatenates instead of zero-filling per block
+    return list(x.split([ir.dim for ir in irreps], dim=-1))
 
 
 class EquivariantLinear(nn.Module):
@@ -79,8 +80,10 @@ class ElementGroups:
 
     def apply(self, x: torch.Tensor, fn) -> torch.Tensor:
         """``fn(element, x_of_that_element)`` for every element present, back in atom order."""
-        xs = x[self.order]
-        out = torch.cat([fn(e, xs[a:b]) for e, a, b in self.chunks], dim=0)
+        if len(self.chunks) == 1:
+            return fn(self.chunks[0][0], x)
+        parts = x[self.order].split([b - a for _, a, b in self.chunks], dim=0)
+        out = torch.cat([fn(e, part) for (e, _, _), part in zip(self.chunks, parts)], dim=0)
         return out[self.inverse]
 
 

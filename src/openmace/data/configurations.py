@@ -1,0 +1,179 @@
+"""Reading labelled structures from any ASE-readable file (extended XYZ first).
+
+Labels are found by the names the user gives (defaults ``REF_energy``, ``REF_forces``,
+``REF_stress``, ``REF_virials``) in ``atoms.info``, ``atoms.arrays`` or, for values ASE ≥ 3.23
+moves into a SinglePointCalculator (plain ``energy``, ``forces``, ``stress``, ...), the
+calculator's results. A missing label is allowed per structure (that loss term is skipped).
+Every structure is validated before any long work starts: :class:`DataError` names the file,
+the structure index and the problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ase
+import ase.io
+import numpy as np
+from ase.data import chemical_symbols
+
+from openmace.data.errors import DataError
+
+MIN_DISTANCE = 0.1  # Å; atoms closer than this are a data error, not physics
+
+
+@dataclass(frozen=True)
+class Keys:
+    energy: str = "REF_energy"
+    forces: str = "REF_forces"
+    stress: str = "REF_stress"
+    virials: str = "REF_virials"
+    config_type: str = "config_type"
+    config_weight: str = "config_weight"
+
+
+@dataclass
+class Configuration:
+    """One structure with its (optional) labels. Units: Å, eV, eV/Å, eV/Å³."""
+
+    atomic_numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    energy: float | None = None
+    forces: np.ndarray | None = None
+    stress: np.ndarray | None = None  # 3x3, ASE sign convention
+    virials: np.ndarray | None = None  # 3x3, eV (= -stress · volume)
+    config_type: str = "Default"
+    weight: float = 1.0
+    source: str = ""
+    index: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.atomic_numbers)
+
+    def to_atoms(self) -> ase.Atoms:
+        return ase.Atoms(numbers=self.atomic_numbers, positions=self.positions, cell=self.cell,
+                         pbc=self.pbc)
+
+
+def _lookup(atoms: ase.Atoms, key: str):
+    if key in atoms.info:
+        return atoms.info[key]
+    if key in atoms.arrays:
+        return atoms.arrays[key]
+    calc = atoms.calc
+    results = getattr(calc, "results", None) or {}
+    if key in results:
+        return results[key]
+    return None
+
+
+def _as_3x3(value, source: str, index: int, name: str) -> np.ndarray:
+    array = np.asarray(value, dtype=float).reshape(-1)
+    if array.size == 9:
+        return array.reshape(3, 3)
+    if array.size == 6:  # Voigt: xx yy zz yz xz xy
+        xx, yy, zz, yz, xz, xy = array
+        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    raise DataError(source, index, f"{name} has {array.size} values; expected 6 (Voigt) or 9")
+
+
+def _float(value, source: str, index: int, name: str) -> float:
+    try:
+        out = float(np.asarray(value, dtype=float).reshape(-1)[0]) if np.ndim(value) else float(value)
+    except (TypeError, ValueError) as err:
+        raise DataError(source, index, f"{name} is not a number ({value!r})") from err
+    if not np.isfinite(out):
+        raise DataError(source, index, f"{name} is {out}")
+    return out
+
+
+def configuration_from_atoms(atoms: ase.Atoms, keys: Keys, source: str, index: int) -> Configuration:
+    """Extract and validate one structure's data and labels."""
+    n = len(atoms)
+    if n == 0:
+        raise DataError(source, index, "structure has no atoms")
+    numbers = np.asarray(atoms.get_atomic_numbers())
+    if (numbers < 1).any() or (numbers >= len(chemical_symbols)).any():
+        raise DataError(source, index, f"unknown element(s) {sorted(set(numbers.tolist()))}")
+    positions = np.asarray(atoms.get_positions(), dtype=float)
+    if not np.isfinite(positions).all():
+        bad = int(np.argwhere(~np.isfinite(positions))[0][0])
+        raise DataError(source, index, f"atom {bad} has a non-finite position")
+    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+    cell = np.asarray(atoms.get_cell()[:], dtype=float)
+    if not np.isfinite(cell).all():
+        raise DataError(source, index, "cell has non-finite values")
+    if pbc.any():
+        lengths = np.linalg.norm(cell, axis=1)
+        if (lengths[pbc] < 1e-6).any():
+            raise DataError(source, index, "periodic direction with a zero-length cell vector")
+        if pbc.all() and abs(np.linalg.det(cell)) < 1e-6:
+            raise DataError(source, index, "periodic cell has zero volume")
+    _check_distances(positions, cell, pbc, source, index)
+
+    energy = _lookup(atoms, keys.energy)
+    forces = _lookup(atoms, keys.forces)
+    stress = _lookup(atoms, keys.stress)
+    virials = _lookup(atoms, keys.virials)
+    config = Configuration(numbers, positions, cell, pbc, source=str(source), index=index)
+    if energy is not None:
+        config.energy = _float(energy, source, index, f"energy ({keys.energy})")
+    if forces is not None:
+        forces = np.asarray(forces, dtype=float)
+        if forces.shape != (n, 3):
+            raise DataError(source, index, f"forces ({keys.forces}) have shape {forces.shape}, "
+                            f"expected ({n}, 3)")
+        if not np.isfinite(forces).all():
+            raise DataError(source, index, f"forces ({keys.forces}) contain NaN or Inf")
+        config.forces = forces
+    if stress is not None:
+        config.stress = _as_3x3(stress, source, index, f"stress ({keys.stress})")
+    if virials is not None:
+        config.virials = _as_3x3(virials, source, index, f"virials ({keys.virials})")
+    for name in ("stress", "virials"):
+        value = getattr(config, name)
+        if value is not None and not pbc.all():
+            raise DataError(source, index, f"{name} given for a structure that is not periodic "
+                            "in all three directions")
+        if value is not None and not np.isfinite(value).all():
+            raise DataError(source, index, f"{name} contain NaN or Inf")
+    config.config_type = str(atoms.info.get(keys.config_type, "Default"))
+    if keys.config_weight in atoms.info:
+        config.weight = _float(atoms.info[keys.config_weight], source, index, "config_weight")
+        if config.weight < 0:
+            raise DataError(source, index, "config_weight is negative")
+    return config
+
+
+def _check_distances(positions, cell, pbc, source, index) -> None:
+    from openmace.data.graph import neighbour_list
+
+    if len(positions) < 2 and not pbc.any():
+        return
+    i, j, _ = neighbour_list(positions, cell, pbc, MIN_DISTANCE)
+    if len(i):
+        raise DataError(source, index, f"atoms {int(i[0])} and {int(j[0])} are closer than "
+                        f"{MIN_DISTANCE} Å (on top of each other?)")
+
+
+def read_configurations(path: str | Path, keys: Keys | None = None) -> list[Configuration]:
+    """All structures of a file, validated. Raises :class:`DataError` on any problem."""
+    keys = keys or Keys()
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, None, "no such file")
+    if path.stat().st_size == 0:
+        raise DataError(path, None, "file is empty")
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as err:  # ASE raises many types for malformed files
+        raise DataError(path, None, f"cannot read the file: {type(err).__name__}: {err}") from err
+    if isinstance(frames, ase.Atoms):
+        frames = [frames]
+    if not frames:
+        raise DataError(path, None, "file contains no structures")
+    return [configuration_from_atoms(a, keys, str(path), i) for i, a in enumerate(frames)]

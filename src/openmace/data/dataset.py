@@ -1,0 +1,86 @@
+"""Labelled graphs for training: neighbour lists built once per structure, batched on demand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from openmace.data.configurations import Configuration
+from openmace.data.graph import Graph, collate, graph_from_atoms
+
+
+@dataclass
+class Batch:
+    graph: Graph
+    num_atoms: torch.Tensor  # [G]
+    energy: torch.Tensor  # [G] (0 where missing)
+    has_energy: torch.Tensor  # [G] bool
+    forces: torch.Tensor  # [N, 3]
+    has_forces: torch.Tensor  # [N] bool (per atom, from its structure)
+    stress: torch.Tensor  # [G, 3, 3]
+    has_stress: torch.Tensor  # [G] bool
+    virials: torch.Tensor  # [G, 3, 3]
+    has_virials: torch.Tensor  # [G] bool
+    weight: torch.Tensor  # [G] config_weight
+    config_types: list[str]
+
+    def to(self, device, dtype) -> Batch:
+        def conv(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+
+        return Batch(
+            graph=self.graph.to(device, dtype),
+            **{k: conv(getattr(self, k)) for k in (
+                "num_atoms", "energy", "has_energy", "forces", "has_forces", "stress",
+                "has_stress", "virials", "has_virials", "weight")},
+            config_types=self.config_types,
+        )
+
+
+def _zeros33() -> np.ndarray:
+    return np.zeros((3, 3))
+
+
+class GraphDataset:
+    """Structures with their graphs (built once) and labels."""
+
+    def __init__(self, configs: list[Configuration], r_max: float) -> None:
+        self.configs = configs
+        self.graphs = [graph_from_atoms(c.to_atoms(), r_max) for c in configs]
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    def batch(self, indices: list[int] | np.ndarray) -> Batch:
+        configs = [self.configs[i] for i in indices]
+        n = [len(c) for c in configs]
+
+        def stack(values, default) -> torch.Tensor:
+            return torch.tensor(np.array([default() if v is None else v for v in values]),
+                                dtype=torch.float64)
+
+        return Batch(
+            graph=collate([self.graphs[i] for i in indices]),
+            num_atoms=torch.tensor(n, dtype=torch.float64),
+            energy=torch.tensor([c.energy or 0.0 for c in configs], dtype=torch.float64),
+            has_energy=torch.tensor([c.energy is not None for c in configs]),
+            forces=torch.cat([torch.tensor(c.forces if c.forces is not None
+                                           else np.zeros((len(c), 3))) for c in configs]),
+            has_forces=torch.tensor(np.repeat([c.forces is not None for c in configs], n)),
+            stress=stack([c.stress for c in configs], _zeros33),
+            has_stress=torch.tensor([c.stress is not None for c in configs]),
+            virials=stack([c.virials for c in configs], _zeros33),
+            has_virials=torch.tensor([c.virials is not None for c in configs]),
+            weight=torch.tensor([c.weight for c in configs], dtype=torch.float64),
+            config_types=[c.config_type for c in configs],
+        )
+
+    def batches(self, batch_size: int, shuffle_seed: int | None = None):
+        """Batches in order, or shuffled by a seed (the same seed gives the same order)."""
+        order = np.arange(len(self))
+        if shuffle_seed is not None:
+            order = np.random.default_rng(shuffle_seed).permutation(len(self))
+        for start in range(0, len(order), batch_size):
+            yield self.batch(order[start : start + batch_size])

@@ -1,0 +1,1 @@
+"""Training: configuration, loss, EMA, checkpoints, metrics, plots and the loop."""

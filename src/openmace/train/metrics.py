@@ -1,0 +1,109 @@
+"""Predictions over a dataset and error tables (MAE / RMSE, split by config_type).
+
+Units in tables: energy per atom in meV/atom, forces in meV/Å, stress in meV/Å³.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from openmace.data.dataset import GraphDataset
+from openmace.model import MACE
+
+
+@dataclass
+class Predictions:
+    """Reference and predicted values, one entry per labelled structure (energies per atom)."""
+
+    config_types: list[str] = field(default_factory=list)
+    energy_ref: list[float] = field(default_factory=list)  # eV/atom
+    energy_pred: list[float] = field(default_factory=list)
+    energy_type: list[str] = field(default_factory=list)
+    forces_ref: list[np.ndarray] = field(default_factory=list)  # eV/Å, [n_i, 3]
+    forces_pred: list[np.ndarray] = field(default_factory=list)
+    forces_type: list[str] = field(default_factory=list)
+    stress_ref: list[np.ndarray] = field(default_factory=list)
+    stress_pred: list[np.ndarray] = field(default_factory=list)
+    stress_type: list[str] = field(default_factory=list)
+
+
+def predict(model: MACE, dataset: GraphDataset, batch_size: int, device, dtype) -> Predictions:
+    out = Predictions()
+    need_stress = any(c.stress is not None or c.virials is not None for c in dataset.configs)
+    for start in range(0, len(dataset), batch_size):
+        indices = list(range(start, min(start + batch_size, len(dataset))))
+        batch = dataset.batch(indices).to(device, dtype)
+        result = model(batch.graph, compute_forces=True, compute_stress=need_stress)
+        energy = result["energy"].detach().cpu().double()
+        forces = result["forces"].detach().cpu().double()
+        offsets = np.cumsum([0] + [len(dataset.configs[i]) for i in indices])
+        for k, i in enumerate(indices):
+            config = dataset.configs[i]
+            out.config_types.append(config.config_type)
+            if config.energy is not None:
+                out.energy_ref.append(config.energy / len(config))
+                out.energy_pred.append(float(energy[k]) / len(config))
+                out.energy_type.append(config.config_type)
+            if config.forces is not None:
+                out.forces_ref.append(config.forces)
+                out.forces_pred.append(forces[offsets[k] : offsets[k + 1]].numpy())
+                out.forces_type.append(config.config_type)
+            if need_stress and config.stress is not None:
+                out.stress_ref.append(config.stress)
+                out.stress_pred.append(result["stress"][k].detach().cpu().double().numpy())
+                out.stress_type.append(config.config_type)
+    return out
+
+
+def _errors(ref: list, pred: list) -> tuple[float, float]:
+    diff = np.concatenate([np.ravel(np.asarray(p) - np.asarray(r)) for r, p in zip(ref, pred)])
+    return float(np.abs(diff).mean()), float(np.sqrt((diff**2).mean()))
+
+
+def error_rows(predictions: Predictions) -> list[dict]:
+    """One row per config_type plus an ``all`` row, errors in meV units."""
+    types = sorted(set(predictions.config_types))
+    rows = []
+    for name in [*types, "all"] if len(types) > 1 else ["all"]:
+        row: dict[str, float | str | int] = {"config_type": name}
+        for quantity, unit_scale in (("energy", 1000.0), ("forces", 1000.0), ("stress", 1000.0)):
+            ref = getattr(predictions, f"{quantity}_ref")
+            pred = getattr(predictions, f"{quantity}_pred")
+            kinds = getattr(predictions, f"{quantity}_type")
+            chosen = [k for k, t in enumerate(kinds) if name == "all" or t == name]
+            if not chosen:
+                continue
+            mae, rmse = _errors([ref[k] for k in chosen], [pred[k] for k in chosen])
+            row[f"{quantity}_mae"], row[f"{quantity}_rmse"] = mae * unit_scale, rmse * unit_scale
+            if quantity == "energy":
+                row["structures"] = len(chosen)
+        rows.append(row)
+    return rows
+
+
+HEADERS = [
+    ("energy_mae", "E MAE meV/atom"), ("energy_rmse", "E RMSE meV/atom"),
+    ("forces_mae", "F MAE meV/Å"), ("forces_rmse", "F RMSE meV/Å"),
+    ("stress_mae", "σ MAE meV/Å³"), ("stress_rmse", "σ RMSE meV/Å³"),
+]
+
+
+def format_table(tables: dict[str, list[dict]]) -> str:
+    """Text table: one block per set (train, valid, test), one row per config_type."""
+    present = [(k, h) for k, h in HEADERS if any(k in r for rows in tables.values() for r in rows)]
+    header = ["set", "config_type", "N"] + [h for _, h in present]
+    lines = []
+    for set_name, rows in tables.items():
+        for row in rows:
+            cells = [set_name, str(row["config_type"]), str(row.get("structures", "-"))]
+            cells += [f"{row[k]:.2f}" if k in row else "-" for k, _ in present]
+            lines.append(cells)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
+    def fmt(cells):
+        return "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+    rule = "-" * len(fmt(header))
+    return "\n".join([fmt(header), rule, *(fmt(c) for c in lines)])
