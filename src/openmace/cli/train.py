@@ -32,11 +32,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     flags.append(flag)
         kind = str(f.type)
         if kind.startswith("bool"):
-            parser.add_argument(*flags, dest=f.name, nargs="?", const="true",
-                                default=argparse.SUPPRESS, metavar="BOOL", help=f.metadata["help"])
+            parser.add_argument(
+                *flags,
+                dest=f.name,
+                nargs="?",
+                const="true",
+                default=argparse.SUPPRESS,
+                metavar="BOOL",
+                help=f.metadata["help"],
+            )
         else:
-            parser.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS,
-                                help=f"{f.metadata['help']} (default: {_default(f)})")
+            parser.add_argument(
+                *flags,
+                dest=f.name,
+                default=argparse.SUPPRESS,
+                help=f"{f.metadata['help']} (default: {_default(f)})",
+            )
 
 
 def _default(f) -> str:
@@ -49,10 +60,8 @@ def _default(f) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from openmace.data.errors import DataError
-    from openmace.train.config import build_config, load_config_file
+    from openmace.train.config import TrainConfig, build_config, load_config_file
     from openmace.train.loop import TrainingError, train
-
-    from openmace.train.config import TrainConfig
 
     known = {f.name for f in fields(TrainConfig)}
     flags = {k: v for k, v in vars(args).items() if k in known}
@@ -62,8 +71,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train(cfg, progress=not cfg.quiet and sys.stderr.isatty())
     except KeyboardInterrupt:
-        print(f"interrupted: the last checkpoint is in {cfg.work_dir}/checkpoints; "
-              "continue with --resume", file=sys.stderr)
+        print(
+            f"interrupted: the last checkpoint is in {cfg.work_dir}/checkpoints; "
+            "continue with --resume",
+            file=sys.stderr,
+        )
         return 130
     except (DataError, TrainingError) as err:
         if args.debug:

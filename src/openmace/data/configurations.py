@@ -55,8 +55,9 @@ class Configuration:
         return len(self.atomic_numbers)
 
     def to_atoms(self) -> ase.Atoms:
-        return ase.Atoms(numbers=self.atomic_numbers, positions=self.positions, cell=self.cell,
-                         pbc=self.pbc)
+        return ase.Atoms(
+            numbers=self.atomic_numbers, positions=self.positions, cell=self.cell, pbc=self.pbc
+        )
 
 
 def _lookup(atoms: ase.Atoms, key: str):
@@ -83,7 +84,9 @@ def _as_3x3(value, source: str, index: int, name: str) -> np.ndarray:
 
 def _float(value, source: str, index: int, name: str) -> float:
     try:
-        out = float(np.asarray(value, dtype=float).reshape(-1)[0]) if np.ndim(value) else float(value)
+        out = (
+            float(np.asarray(value, dtype=float).reshape(-1)[0]) if np.ndim(value) else float(value)
+        )
     except (TypeError, ValueError) as err:
         raise DataError(source, index, f"{name} is not a number ({value!r})") from err
     if not np.isfinite(out):
@@ -91,7 +94,9 @@ def _float(value, source: str, index: int, name: str) -> float:
     return out
 
 
-def configuration_from_atoms(atoms: ase.Atoms, keys: Keys, source: str, index: int) -> Configuration:
+def configuration_from_atoms(
+    atoms: ase.Atoms, keys: Keys, source: str, index: int
+) -> Configuration:
     """Extract and validate one structure's data and labels."""
     n = len(atoms)
     if n == 0:
@@ -125,8 +130,11 @@ def configuration_from_atoms(atoms: ase.Atoms, keys: Keys, source: str, index: i
     if forces is not None:
         forces = np.asarray(forces, dtype=float)
         if forces.shape != (n, 3):
-            raise DataError(source, index, f"forces ({keys.forces}) have shape {forces.shape}, "
-                            f"expected ({n}, 3)")
+            raise DataError(
+                source,
+                index,
+                f"forces ({keys.forces}) have shape {forces.shape}, expected ({n}, 3)",
+            )
         if not np.isfinite(forces).all():
             raise DataError(source, index, f"forces ({keys.forces}) contain NaN or Inf")
         config.forces = forces
@@ -137,8 +145,11 @@ def configuration_from_atoms(atoms: ase.Atoms, keys: Keys, source: str, index: i
     for name in ("stress", "virials"):
         value = getattr(config, name)
         if value is not None and not pbc.all():
-            raise DataError(source, index, f"{name} given for a structure that is not periodic "
-                            "in all three directions")
+            raise DataError(
+                source,
+                index,
+                f"{name} given for a structure that is not periodic in all three directions",
+            )
         if value is not None and not np.isfinite(value).all():
             raise DataError(source, index, f"{name} contain NaN or Inf")
     config.config_type = str(atoms.info.get(keys.config_type, "Default"))
@@ -156,8 +167,12 @@ def _check_distances(positions, cell, pbc, source, index) -> None:
         return
     i, j, _ = neighbour_list(positions, cell, pbc, MIN_DISTANCE)
     if len(i):
-        raise DataError(source, index, f"atoms {int(i[0])} and {int(j[0])} are closer than "
-                        f"{MIN_DISTANCE} Å (on top of each other?)")
+        raise DataError(
+            source,
+            index,
+            f"atoms {int(i[0])} and {int(j[0])} are closer than "
+            f"{MIN_DISTANCE} Å (on top of each other?)",
+        )
 
 
 def read_configurations(path: str | Path, keys: Keys | None = None) -> list[Configuration]:

@@ -32,9 +32,21 @@ class Batch:
 
         return Batch(
             graph=self.graph.to(device, dtype),
-            **{k: conv(getattr(self, k)) for k in (
-                "num_atoms", "energy", "has_energy", "forces", "has_forces", "stress",
-                "has_stress", "virials", "has_virials", "weight")},
+            **{
+                k: conv(getattr(self, k))
+                for k in (
+                    "num_atoms",
+                    "energy",
+                    "has_energy",
+                    "forces",
+                    "has_forces",
+                    "stress",
+                    "has_stress",
+                    "virials",
+                    "has_virials",
+                    "weight",
+                )
+            },
             config_types=self.config_types,
         )
 
@@ -58,16 +70,21 @@ class GraphDataset:
         n = [len(c) for c in configs]
 
         def stack(values, default) -> torch.Tensor:
-            return torch.tensor(np.array([default() if v is None else v for v in values]),
-                                dtype=torch.float64)
+            return torch.tensor(
+                np.array([default() if v is None else v for v in values]), dtype=torch.float64
+            )
 
         return Batch(
             graph=collate([self.graphs[i] for i in indices]),
             num_atoms=torch.tensor(n, dtype=torch.float64),
             energy=torch.tensor([c.energy or 0.0 for c in configs], dtype=torch.float64),
             has_energy=torch.tensor([c.energy is not None for c in configs]),
-            forces=torch.cat([torch.tensor(c.forces if c.forces is not None
-                                           else np.zeros((len(c), 3))) for c in configs]),
+            forces=torch.cat(
+                [
+                    torch.tensor(c.forces if c.forces is not None else np.zeros((len(c), 3)))
+                    for c in configs
+                ]
+            ),
             has_forces=torch.tensor(np.repeat([c.forces is not None for c in configs], n)),
             stress=stack([c.stress for c in configs], _zeros33),
             has_stress=torch.tensor([c.stress is not None for c in configs]),

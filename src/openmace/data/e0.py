@@ -37,8 +37,11 @@ def isolated_atom_energies(configs: list[Configuration], source: str) -> dict[in
             raise DataError(config.source, config.index, "isolated atom without an energy")
         z = int(config.atomic_numbers[0])
         if z in out and abs(out[z] - config.energy) > 1e-6:
-            raise DataError(config.source, config.index,
-                            f"two different isolated-atom energies for {chemical_symbols[z]}")
+            raise DataError(
+                config.source,
+                config.index,
+                f"two different isolated-atom energies for {chemical_symbols[z]}",
+            )
         out[z] = config.energy
     if not out:
         raise DataError(source, None, "no isolated-atom (single-atom) structures found")

@@ -21,31 +21,40 @@ def _opt(default: Any, help: str, aliases: tuple[str, ...] = ()) -> Any:
 class TrainConfig:
     # data
     train_file: str | None = _opt(None, "training structures (any ASE-readable file)")
-    valid_file: str | None = _opt(None, "validation structures (default: split off the training set)")
+    valid_file: str | None = _opt(
+        None, "validation structures (default: split off the training set)"
+    )
     valid_fraction: float = _opt(0.05, "fraction of the training set used for validation")
     test_file: str | None = _opt(None, "test structures, evaluated at the end")
     energy_key: str = _opt("REF_energy", "name of the energy label (eV)")
     forces_key: str = _opt("REF_forces", "name of the forces label (eV/Å)")
     stress_key: str = _opt("REF_stress", "name of the stress label (eV/Å³, ASE sign)")
     virials_key: str = _opt("REF_virials", "name of the virials label (eV)")
-    e0s: str = _opt("auto", "isolated | average | FILE (JSON/YAML mapping or XYZ of isolated "
-                    "atoms) | '{1: -13.6, ...}'; auto: isolated if the training file has "
-                    "isolated atoms, else average", aliases=("E0s",))
-    isolated_atom_types: list[str] = _opt(lambda: ["IsolatedAtom", "isolated_atom"],
-                                          "config_type values that mark isolated atoms")
+    e0s: str = _opt(
+        "auto",
+        "isolated | average | FILE (JSON/YAML mapping or XYZ of isolated "
+        "atoms) | '{1: -13.6, ...}'; auto: isolated if the training file has "
+        "isolated atoms, else average",
+        aliases=("E0s",),
+    )
+    isolated_atom_types: list[str] = _opt(
+        lambda: ["IsolatedAtom", "isolated_atom"], "config_type values that mark isolated atoms"
+    )
     # model
     channels: int = _opt(128, "channels per irrep", aliases=("num_channels",))
     max_L: int = _opt(1, "highest L of the hidden features (0..3)", aliases=("max-l",))
-    hidden_irreps: str | None = _opt(None, "explicit hidden irreps, e.g. 64x0e+64x1o "
-                                     "(overrides --channels/--max-L)")
+    hidden_irreps: str | None = _opt(
+        None, "explicit hidden irreps, e.g. 64x0e+64x1o (overrides --channels/--max-L)"
+    )
     max_ell: int = _opt(3, "highest l of the spherical harmonics")
     correlation: int = _opt(3, "body order - 1 of the messages (1..4)")
     num_interactions: int = _opt(2, "message-passing layers")
     r_max: float = _opt(5.0, "cutoff radius (Å)")
     num_bessel: int = _opt(8, "radial Bessel functions")
     num_polynomial_cutoff: int = _opt(5, "order p of the polynomial cutoff envelope")
-    radial_mlp: list[int] = _opt(lambda: [64, 64, 64], "hidden sizes of the radial MLP",
-                                 aliases=("radial_MLP",))
+    radial_mlp: list[int] = _opt(
+        lambda: [64, 64, 64], "hidden sizes of the radial MLP", aliases=("radial_MLP",)
+    )
     readout_mlp: int = _opt(16, "hidden size of the last readout MLP", aliases=("MLP_irreps",))
     residual_first: bool = _opt(False, "residual first layer (mace-torch's --model MACE: no)")
     pair_repulsion: bool = _opt(False, "add ZBL pair repulsion")
@@ -89,8 +98,10 @@ class TrainConfig:
                 problems.append(message)
 
         need(self.train_file is not None, "train_file is required")
-        need(0.0 < self.valid_fraction < 1.0 or self.valid_file is not None,
-             "valid_fraction must be between 0 and 1")
+        need(
+            0.0 < self.valid_fraction < 1.0 or self.valid_file is not None,
+            "valid_fraction must be between 0 and 1",
+        )
         need(self.channels >= 1, "channels must be >= 1")
         need(0 <= self.max_L <= 3, "max_L must be 0..3")
         need(1 <= self.correlation <= 4, "correlation must be 1..4")
@@ -101,10 +112,14 @@ class TrainConfig:
         need(self.epochs >= 1, "epochs must be >= 1")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)")
         need(self.loss in ("mse", "huber"), f"loss must be mse or huber, not {self.loss!r}")
-        need(self.dtype in ("float32", "float64"), f"dtype must be float32 or float64, "
-             f"not {self.dtype!r}")
-        need(self.stage_two_start is None or 0.0 <= self.stage_two_start < 1.0,
-             "stage_two_start must be a fraction in [0, 1)")
+        need(
+            self.dtype in ("float32", "float64"),
+            f"dtype must be float32 or float64, not {self.dtype!r}",
+        )
+        need(
+            self.stage_two_start is None or 0.0 <= self.stage_two_start < 1.0,
+            "stage_two_start must be a fraction in [0, 1)",
+        )
         need(self.eval_interval >= 1, "eval_interval must be >= 1")
         for name in ("energy_weight", "forces_weight", "stress_weight", "virials_weight"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0")
@@ -115,8 +130,9 @@ class TrainConfig:
     def hidden(self) -> str:
         if self.hidden_irreps:
             return self.hidden_irreps
-        return "+".join(f"{self.channels}x{l}{'e' if l % 2 == 0 else 'o'}"
-                        for l in range(self.max_L + 1))
+        return "+".join(
+            f"{self.channels}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(self.max_L + 1)
+        )
 
     @property
     def run_dir(self) -> Path:

@@ -42,14 +42,18 @@ def _check_elements(configs: list[Configuration], elements: set[int], name: str)
         unknown = sorted(set(config.atomic_numbers.tolist()) - elements)
         if unknown:
             symbols = ", ".join(chemical_symbols[z] for z in unknown)
-            raise DataError(config.source, config.index,
-                            f"element(s) {symbols} in the {name} set do not occur in the "
-                            "training set: the model cannot learn them")
+            raise DataError(
+                config.source,
+                config.index,
+                f"element(s) {symbols} in the {name} set do not occur in the "
+                "training set: the model cannot learn them",
+            )
 
 
 def load_training_data(cfg: TrainConfig) -> TrainingData:
-    keys = Keys(energy=cfg.energy_key, forces=cfg.forces_key, stress=cfg.stress_key,
-                virials=cfg.virials_key)
+    keys = Keys(
+        energy=cfg.energy_key, forces=cfg.forces_key, stress=cfg.stress_key, virials=cfg.virials_key
+    )
     everything = read_configurations(cfg.train_file, keys)
     types = tuple(cfg.isolated_atom_types)
     isolated = [c for c in everything if is_isolated_atom(c, types)]
@@ -57,9 +61,12 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
     if not train:
         raise DataError(cfg.train_file, None, "no structures to train on (only isolated atoms)")
     if not any(c.energy is not None or c.forces is not None for c in train):
-        raise DataError(cfg.train_file, None,
-                        f"no structure has an energy ({cfg.energy_key}) or forces "
-                        f"({cfg.forces_key}); check --energy-key/--forces-key")
+        raise DataError(
+            cfg.train_file,
+            None,
+            f"no structure has an energy ({cfg.energy_key}) or forces "
+            f"({cfg.forces_key}); check --energy-key/--forces-key",
+        )
     if cfg.valid_file:
         valid = read_configurations(cfg.valid_file, keys)
         valid = [c for c in valid if not is_isolated_atom(c, types)]
@@ -73,21 +80,29 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
         train = [c for k, c in enumerate(train) if k not in chosen]
     test = read_configurations(cfg.test_file, keys) if cfg.test_file else []
     test = [c for c in test if not is_isolated_atom(c, types)]
-    elements = sorted({int(z) for c in train for z in c.atomic_numbers}
-                      | {int(c.atomic_numbers[0]) for c in isolated})
+    elements = sorted(
+        {int(z) for c in train for z in c.atomic_numbers}
+        | {int(c.atomic_numbers[0]) for c in isolated}
+    )
     _check_elements(valid, set(elements), "validation")
     _check_elements(test, set(elements), "test")
     spec = cfg.e0s
     if spec == "auto":
         spec = "isolated" if isolated else "average"
-    e0s, source = resolve_e0s(spec, isolated if spec == "isolated" else train, elements, keys,
-                              types)
+    e0s, source = resolve_e0s(
+        spec, isolated if spec == "isolated" else train, elements, keys, types
+    )
     files = {}
     for role in ("train_file", "valid_file", "test_file"):
         path = getattr(cfg, role)
         if path:
             files[role] = {"path": str(path), "sha256": sha256(path)}
-    log.info("data: %d train, %d validation, %d test structures; elements %s; E0s %s",
-             len(train), len(valid), len(test),
-             " ".join(chemical_symbols[z] for z in elements), source)
+    log.info(
+        "data: %d train, %d validation, %d test structures; elements %s; E0s %s",
+        len(train),
+        len(valid),
+        len(test),
+        " ".join(chemical_symbols[z] for z in elements),
+        source,
+    )
     return TrainingData(train, valid, test, elements, e0s, source, files)

@@ -48,17 +48,28 @@ class TrainResult:
 
 def model_config(cfg: TrainConfig, data: TrainingData) -> MACEConfig:
     stats = compute_statistics(data.train, data.e0s, cfg.r_max)
-    log.info("statistics: avg_num_neighbors %.3f, shift %.6f eV/atom, scale %.6f eV/Å",
-             stats.avg_num_neighbors, stats.shift, stats.scale)
+    log.info(
+        "statistics: avg_num_neighbors %.3f, shift %.6f eV/atom, scale %.6f eV/Å",
+        stats.avg_num_neighbors,
+        stats.shift,
+        stats.scale,
+    )
     return MACEConfig(
         atomic_numbers=data.elements,
         atomic_energies=[data.e0s[z] for z in data.elements],
-        r_max=cfg.r_max, num_bessel=cfg.num_bessel,
-        num_polynomial_cutoff=cfg.num_polynomial_cutoff, max_ell=cfg.max_ell,
-        hidden_irreps=cfg.hidden, correlation=cfg.correlation,
-        num_interactions=cfg.num_interactions, radial_mlp=list(cfg.radial_mlp),
-        readout_mlp=[cfg.readout_mlp], avg_num_neighbors=stats.avg_num_neighbors,
-        scale=stats.scale, shift=stats.shift, residual_first=cfg.residual_first,
+        r_max=cfg.r_max,
+        num_bessel=cfg.num_bessel,
+        num_polynomial_cutoff=cfg.num_polynomial_cutoff,
+        max_ell=cfg.max_ell,
+        hidden_irreps=cfg.hidden,
+        correlation=cfg.correlation,
+        num_interactions=cfg.num_interactions,
+        radial_mlp=list(cfg.radial_mlp),
+        readout_mlp=[cfg.readout_mlp],
+        avg_num_neighbors=stats.avg_num_neighbors,
+        scale=stats.scale,
+        shift=stats.shift,
+        residual_first=cfg.residual_first,
         pair_repulsion=cfg.pair_repulsion,
     )
 
@@ -70,7 +81,8 @@ def _optimizer(model: MACE, cfg: TrainConfig) -> torch.optim.Optimizer:
         (decay if in_decay else rest).append(p)
     return torch.optim.Adam(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
-        lr=cfg.lr, amsgrad=True,
+        lr=cfg.lr,
+        amsgrad=True,
     )
 
 
@@ -103,8 +115,11 @@ class Trainer:
             self.model = MACE(self.model_config).to(self.device)
         finally:
             torch.set_default_dtype(previous)
-        log.info("model: %s, %d parameters", self.model_config.hidden_irreps,
-                 sum(p.numel() for p in self.model.parameters()))
+        log.info(
+            "model: %s, %d parameters",
+            self.model_config.hidden_irreps,
+            sum(p.numel() for p in self.model.parameters()),
+        )
         self.train_set = GraphDataset(self.data.train, cfg.r_max)
         self.valid_set = GraphDataset(self.data.valid, cfg.r_max)
         self.optimizer = _optimizer(self.model, cfg)
@@ -125,8 +140,10 @@ class Trainer:
 
     def _restore(self, state: dict) -> None:
         if state["model_config"] != self.model_config.to_dict():
-            raise ValueError(f"{self.checkpoint_path}: the checkpoint's model differs from this "
-                             "config (different data or model options); cannot resume")
+            raise ValueError(
+                f"{self.checkpoint_path}: the checkpoint's model differs from this "
+                "config (different data or model options); cannot resume"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.stage = state["stage"]
@@ -142,13 +159,22 @@ class Trainer:
         log.info("resumed from %s at epoch %d", self.checkpoint_path, self.epoch)
 
     def _checkpoint(self) -> None:
-        save_checkpoint({
-            "epoch": self.epoch, "stage": self.stage, "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "history": self.history, "best": self.best, "elapsed": self.elapsed,
-            "model_config": self.model_config.to_dict(), "train_config": self.cfg.to_dict(),
-        }, self.checkpoint_path)
+        save_checkpoint(
+            {
+                "epoch": self.epoch,
+                "stage": self.stage,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "history": self.history,
+                "best": self.best,
+                "elapsed": self.elapsed,
+                "model_config": self.model_config.to_dict(),
+                "train_config": self.cfg.to_dict(),
+            },
+            self.checkpoint_path,
+        )
         lines = "".join(json.dumps(h) + "\n" for h in self.history)
         tmp = self.log_path.with_suffix(".tmp")
         tmp.write_text(lines)
@@ -158,10 +184,15 @@ class Trainer:
     def weights(self) -> LossWeights:
         cfg = self.cfg
         if self.stage == 2:
-            return LossWeights(cfg.stage_two_energy_weight, cfg.stage_two_forces_weight,
-                               cfg.stress_weight, cfg.virials_weight)
-        return LossWeights(cfg.energy_weight, cfg.forces_weight, cfg.stress_weight,
-                           cfg.virials_weight)
+            return LossWeights(
+                cfg.stage_two_energy_weight,
+                cfg.stage_two_forces_weight,
+                cfg.stress_weight,
+                cfg.virials_weight,
+            )
+        return LossWeights(
+            cfg.energy_weight, cfg.forces_weight, cfg.stress_weight, cfg.virials_weight
+        )
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -169,31 +200,42 @@ class Trainer:
 
     def _needs_stress(self, dataset: GraphDataset) -> bool:
         w = self.weights()
-        return bool((w.stress and any(c.stress is not None for c in dataset.configs))
-                    or (w.virials and any(c.virials is not None for c in dataset.configs)))
+        return bool(
+            (w.stress and any(c.stress is not None for c in dataset.configs))
+            or (w.virials and any(c.virials is not None for c in dataset.configs))
+        )
 
     def train_epoch(self) -> float:
         cfg, weights = self.cfg, self.weights()
         stress = self._needs_stress(self.train_set)
-        batches = self.train_set.batches(cfg.batch_size, shuffle_seed=cfg.seed * 100_003 + self.epoch)
+        batches = self.train_set.batches(
+            cfg.batch_size, shuffle_seed=cfg.seed * 100_003 + self.epoch
+        )
         total = math.ceil(len(self.train_set) / cfg.batch_size)
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=total, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", leave=False,
-                       unit="batch", dynamic_ncols=True)
+            bar = tqdm(
+                total=total,
+                desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
+                leave=False,
+                unit="batch",
+                dynamic_ncols=True,
+            )
         losses, sizes = [], []
         for k, batch in enumerate(batches):
             batch = batch.to(self.device, self.dtype)
             out = self.model(batch.graph, compute_forces=True, compute_stress=stress, training=True)
-            loss, _ = compute_loss(out, batch, weights,
-                                   cfg.huber_delta if cfg.loss == "huber" else None)
+            loss, _ = compute_loss(
+                out, batch, weights, cfg.huber_delta if cfg.loss == "huber" else None
+            )
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"non-finite loss ({float(loss)}) in epoch {self.epoch + 1}, batch {k}; "
                     f"weights were not updated, the last good checkpoint is {self.checkpoint_path}"
-                    " (try a lower --lr, or check the labels)")
+                    " (try a lower --lr, or check the labels)"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad:
@@ -201,7 +243,7 @@ class Trainer:
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             sizes.append(len(batch.config_types))
             if bar is not None:
                 bar.update(1)
@@ -218,9 +260,10 @@ class Trainer:
             idx = list(range(start, min(start + self.cfg.valid_batch_size, len(dataset))))
             batch = dataset.batch(idx).to(self.device, self.dtype)
             out = self.model(batch.graph, compute_forces=True, compute_stress=stress)
-            loss, _ = compute_loss(out, batch, weights,
-                                   self.cfg.huber_delta if self.cfg.loss == "huber" else None)
-            losses.append(float(loss))
+            loss, _ = compute_loss(
+                out, batch, weights, self.cfg.huber_delta if self.cfg.loss == "huber" else None
+            )
+            losses.append(float(loss.detach()))
             sizes.append(len(idx))
         preds = predict(self.model, dataset, self.cfg.valid_batch_size, self.device, self.dtype)
         return float(np.average(losses, weights=sizes)), preds
@@ -232,8 +275,9 @@ class Trainer:
 
     def run(self) -> int:
         cfg = self.cfg
-        stage_two_epoch = (int(cfg.stage_two_start * cfg.epochs)
-                           if cfg.stage_two_start is not None else None)
+        stage_two_epoch = (
+            int(cfg.stage_two_start * cfg.epochs) if cfg.stage_two_start is not None else None
+        )
         since_best = 0 if self.best["epoch"] < 0 else self.epoch - self.best["epoch"]
         while self.epoch < cfg.epochs:
             if stage_two_epoch is not None and self.stage == 1 and self.epoch >= stage_two_epoch:
@@ -241,9 +285,13 @@ class Trainer:
                 self._set_lr(cfg.stage_two_lr)
                 self.scheduler = self._scheduler()
                 self.best = {"valid_loss": math.inf, "epoch": -1, "state": None}
-                log.info("stage two from epoch %d: lr %g, energy weight %g, forces weight %g",
-                         self.epoch + 1, cfg.stage_two_lr, cfg.stage_two_energy_weight,
-                         cfg.stage_two_forces_weight)
+                log.info(
+                    "stage two from epoch %d: lr %g, energy weight %g, forces weight %g",
+                    self.epoch + 1,
+                    cfg.stage_two_lr,
+                    cfg.stage_two_energy_weight,
+                    cfg.stage_two_forces_weight,
+                )
             start = time.perf_counter()
             train_loss = self.train_epoch()
             self.epoch += 1
@@ -253,25 +301,38 @@ class Trainer:
             with self.averaged():
                 valid_loss, preds = self.evaluate(self.valid_set)
                 if valid_loss < self.best["valid_loss"]:
-                    self.best = {"valid_loss": valid_loss, "epoch": self.epoch,
-                                 "state": {k: v.detach().cpu().clone()
-                                           for k, v in self.model.state_dict().items()}}
+                    self.best = {
+                        "valid_loss": valid_loss,
+                        "epoch": self.epoch,
+                        "state": {
+                            k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+                        },
+                    }
             self.scheduler.step(valid_loss)
             self.elapsed += time.perf_counter() - start
             row = error_rows(preds)[-1]
             record = {
-                "epoch": self.epoch, "stage": self.stage,
-                "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                "valid_loss": valid_loss, "time_s": round(self.elapsed, 3),
+                "epoch": self.epoch,
+                "stage": self.stage,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "train_loss": train_loss,
+                "valid_loss": valid_loss,
+                "time_s": round(self.elapsed, 3),
                 **{f"valid_{k}": v for k, v in row.items() if k.endswith(("mae", "rmse"))},
             }
             self.history.append(record)
             self._checkpoint()
             log.info(
                 "epoch %4d  loss %.4g  valid loss %.4g  E RMSE %s meV/atom  F RMSE %s meV/Å  "
-                "lr %.2g  %.0f s", self.epoch, train_loss, valid_loss,
-                _fmt(record.get("valid_energy_rmse")), _fmt(record.get("valid_forces_rmse")),
-                record["lr"], self.elapsed)
+                "lr %.2g  %.0f s",
+                self.epoch,
+                train_loss,
+                valid_loss,
+                _fmt(record.get("valid_energy_rmse")),
+                _fmt(record.get("valid_forces_rmse")),
+                record["lr"],
+                self.elapsed,
+            )
             since_best = self.epoch - self.best["epoch"]
             if cfg.patience is not None and since_best > cfg.patience:
                 log.info("early stopping: no validation improvement for %d epochs", since_best)
@@ -286,8 +347,10 @@ class Trainer:
         sets = {"train": self.train_set, "valid": self.valid_set}
         if self.data.test:
             sets["test"] = GraphDataset(self.data.test, cfg.r_max)
-        predictions = {name: predict(self.model, ds, cfg.valid_batch_size, self.device,
-                                     self.dtype) for name, ds in sets.items()}
+        predictions = {
+            name: predict(self.model, ds, cfg.valid_batch_size, self.device, self.dtype)
+            for name, ds in sets.items()
+        }
         tables = {name: error_rows(p) for name, p in predictions.items()}
         text = format_table(tables)
         (self.run_dir / f"{cfg.name}.errors.txt").write_text(text + "\n")
@@ -296,9 +359,12 @@ class Trainer:
             plot_learning_curves(self.history, self.run_dir / f"{cfg.name}.learning_curves.png")
         plot_parity(predictions, self.run_dir / f"{cfg.name}.parity.png")
         provenance = {
-            "files": self.data.files, "e0s": self.data.e0_source,
-            "epochs": self.epoch, "best_epoch": self.best["epoch"],
-            "errors": tables, "training_config": cfg.to_dict(),
+            "files": self.data.files,
+            "e0s": self.data.e0_source,
+            "epochs": self.epoch,
+            "best_epoch": self.best["epoch"],
+            "errors": tables,
+            "training_config": cfg.to_dict(),
         }
         path = save_model(self.model, self.run_dir / f"{cfg.name}.safetensors", provenance)
         return TrainResult(path, tables, text, self.epoch)

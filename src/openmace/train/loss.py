@@ -27,8 +27,9 @@ class LossWeights:
 def _penalty(diff: torch.Tensor, huber_delta: float | None) -> torch.Tensor:
     if huber_delta is None:
         return diff.square()
-    return torch.nn.functional.huber_loss(diff, torch.zeros_like(diff), reduction="none",
-                                          delta=huber_delta)
+    return torch.nn.functional.huber_loss(
+        diff, torch.zeros_like(diff), reduction="none", delta=huber_delta
+    )
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -37,15 +38,16 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def compute_loss(
-    out: dict[str, torch.Tensor], batch: Batch, weights: LossWeights,
+    out: dict[str, torch.Tensor],
+    batch: Batch,
+    weights: LossWeights,
     huber_delta: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     parts: dict[str, torch.Tensor] = {}
     n = batch.num_atoms
     if weights.energy and bool(batch.has_energy.any()):
         diff = (out["energy"] - batch.energy) / n
-        parts["energy"] = _masked_mean(batch.weight * _penalty(diff, huber_delta),
-                                       batch.has_energy)
+        parts["energy"] = _masked_mean(batch.weight * _penalty(diff, huber_delta), batch.has_energy)
     if weights.forces and "forces" in out and bool(batch.has_forces.any()):
         atom_weight = batch.weight[batch.graph.batch].unsqueeze(-1)
         penalty = atom_weight * _penalty(out["forces"] - batch.forces, huber_delta)
@@ -58,7 +60,8 @@ def compute_loss(
         diff = (out["virials"] - batch.virials) / n.view(-1, 1, 1)
         penalty = batch.weight.view(-1, 1, 1) * _penalty(diff, huber_delta)
         parts["virials"] = _masked_mean(
-            penalty, batch.has_virials.view(-1, 1, 1).expand_as(penalty))
+            penalty, batch.has_virials.view(-1, 1, 1).expand_as(penalty)
+        )
     total = sum(getattr(weights, k) * v for k, v in parts.items())
     if not isinstance(total, torch.Tensor):
         total = out["energy"].sum() * 0.0

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from openmace.data.dataset import GraphDataset
 from openmace.model import MACE
@@ -85,9 +84,12 @@ def error_rows(predictions: Predictions) -> list[dict]:
 
 
 HEADERS = [
-    ("energy_mae", "E MAE meV/atom"), ("energy_rmse", "E RMSE meV/atom"),
-    ("forces_mae", "F MAE meV/Å"), ("forces_rmse", "F RMSE meV/Å"),
-    ("stress_mae", "σ MAE meV/Å³"), ("stress_rmse", "σ RMSE meV/Å³"),
+    ("energy_mae", "E MAE meV/atom"),
+    ("energy_rmse", "E RMSE meV/atom"),
+    ("forces_mae", "F MAE meV/Å"),
+    ("forces_rmse", "F RMSE meV/Å"),
+    ("stress_mae", "σ MAE meV/Å³"),
+    ("stress_rmse", "σ RMSE meV/Å³"),
 ]
 
 
@@ -102,8 +104,12 @@ def format_table(tables: dict[str, list[dict]]) -> str:
             cells += [f"{row[k]:.2f}" if k in row else "-" for k, _ in present]
             lines.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
+
     def fmt(cells):
-        return "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(
+            str(c).rjust(w) if i > 1 else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        )
+
     rule = "-" * len(fmt(header))
     return "\n".join([fmt(header), rule, *(fmt(c) for c in lines)])

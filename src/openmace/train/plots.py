@@ -26,8 +26,10 @@ def plot_learning_curves(history: list[dict], path: Path) -> Path:
     axes[0].semilogy(epochs, [h["valid_loss"] for h in history], label="validation (EMA)")
     axes[0].set_ylabel("loss")
     axes[0].legend()
-    for ax, key, label in ((axes[1], "valid_energy_rmse", "validation E RMSE (meV/atom)"),
-                           (axes[2], "valid_forces_rmse", "validation F RMSE (meV/Å)")):
+    for ax, key, label in (
+        (axes[1], "valid_energy_rmse", "validation E RMSE (meV/atom)"),
+        (axes[2], "valid_forces_rmse", "validation F RMSE (meV/Å)"),
+    ):
         values = [h.get(key) for h in history]
         if any(v is not None for v in values):
             ax.semilogy(epochs, values)

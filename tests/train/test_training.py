@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from openmace import load_model
+from openmace.cli.main import main
+from openmace.train.config import build_config
+from openmace.train.loop import Trainer, train
+from tests.train.helpers import TINY_MODEL, copper_cells, molecules, write_xyz
+
+
+def make_config(tmp_path, train_file, **overrides):
+    values = dict(
+        TINY_MODEL,
+        train_file=str(train_file),
+        work_dir=str(tmp_path / "run"),
+        epochs=3,
+        quiet=True,
+        seed=7,
+        e0s="average",
+    )
+    values.update(overrides)
+    return build_config({}, values)
+
+
+def test_loss_goes_down(tmp_path):
+    data = write_xyz(tmp_path / "train.xyz", molecules(24))
+    trainer = Trainer(make_config(tmp_path, data, epochs=6, lr=0.01), progress=False)
+    trainer.setup()
+    trainer.run()
+    valid = [h["valid_loss"] for h in trainer.history]
+    train_loss = [h["train_loss"] for h in trainer.history]
+    assert train_loss[-1] < 0.5 * train_loss[0]
+    assert valid[-1] < valid[0]
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    data = write_xyz(tmp_path / "train.xyz", molecules(16))
+    full = make_config(tmp_path / "a", data, epochs=3)
+    one = Trainer(full, progress=False)
+    one.setup()
+    one.run()
+    first = make_config(tmp_path / "b", data, epochs=1)
+    part = Trainer(first, progress=False)
+    part.setup()
+    part.run()
+    resumed = Trainer(make_config(tmp_path / "b", data, epochs=3, resume=True), progress=False)
+    resumed.setup()
+    assert resumed.epoch == 1
+    resumed.run()
+    for (name, a), b in zip(one.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12), name
+    assert [h["valid_loss"] for h in one.history] == pytest.approx(
+        [h["valid_loss"] for h in resumed.history], rel=1e-12
+    )
+
+
+def test_existing_checkpoint_is_never_overwritten_without_resume(tmp_path):
+    data = write_xyz(tmp_path / "train.xyz", molecules(10))
+    train(make_config(tmp_path, data, epochs=1))
+    with pytest.raises(ValueError, match="--resume"):
+        train(make_config(tmp_path, data, epochs=1))
+
+
+def test_periodic_dataset_with_stress_trains(tmp_path):
+    data = write_xyz(tmp_path / "cu.xyz", copper_cells(12))
+    result = train(make_config(tmp_path, data, epochs=2, stress_weight=10.0, r_max=3.0))
+    rows = result.tables["train"][-1]
+    assert "stress_mae" in rows and np.isfinite(rows["stress_mae"])
+    model = load_model(result.model_path)
+    assert model.config.atomic_numbers == [29]
+
+
+def test_partial_labels(tmp_path):
+    frames = molecules(12)
+    for atoms in frames[::3]:
+        del atoms.arrays["REF_forces"]  # some structures have no forces
+    frames[1].info.pop("REF_energy")  # one has no energy
+    data = write_xyz(tmp_path / "partial.xyz", frames)
+    result = train(make_config(tmp_path, data, epochs=1, valid_fraction=0.25))
+    assert result.model_path.exists()
+
+
+def test_cli_train_writes_everything_and_prints_model_last(tmp_path, capsys):
+    data = write_xyz(tmp_path / "train.xyz", molecules(14))
+    test = write_xyz(tmp_path / "test.xyz", molecules(4, seed=9))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"train_file: {data}\nchannels: 4\nmax_L: 0\nmax_ell: 1\n"
+        "correlation: 2\nradial_MLP: [8]\nepochs: 5\n"
+    )
+    work = tmp_path / "work"
+    code = main(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--test-file",
+            str(test),
+            "--max_num_epochs",
+            "2",
+            "--work-dir",
+            str(work),
+            "--name",
+            "tiny",
+            "--quiet",
+            "--e0s",
+            "average",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"model: {work / 'tiny.safetensors'}"
+    assert any(line.startswith("test ") for line in out)
+    log = [json.loads(line) for line in (work / "tiny.log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]  # the flag overrode the file's epochs: 5
+    for name in (
+        "tiny.learning_curves.png",
+        "tiny.parity.png",
+        "tiny.errors.txt",
+        "checkpoints/tiny.ckpt",
+    ):
+        assert (work / name).exists(), name
+    assert load_model(work / "tiny.safetensors").provenance["files"]["train_file"]["sha256"]
+
+
+def test_config_validation_names_the_problem():
+    with pytest.raises(ValueError, match="unknown option 'max_ellz'.*max_ell"):
+        build_config({"max_ellz": 3}, {})
+    with pytest.raises(ValueError, match="invalid value for epochs"):
+        build_config({"train_file": "x", "epochs": "many"}, {})
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        build_config({"train_file": "x", "dtype": "float16"}, {})
+    cfg = build_config({"train_file": "x", "num_channels": 32, "max_L": 2}, {"lr": "0.005"})
+    assert cfg.hidden == "32x0e+32x1o+32x2e" and cfg.lr == 0.005
