@@ -5,7 +5,8 @@
 
 Trains on ``<mol>_train.xyz`` (950 train / 50 validation, random split), tests on
 ``<mol>_test.xyz`` (1000 structures). Model: 64x0e+64x1o, max_ell 3, correlation 3, r_max 5 Å,
-2 layers, non-residual first layer (mace-torch's ``--model MACE``), batch 5, lr 0.01 AMSGrad,
+2 layers, residual first layer, per-atom energy shift = training mean (mace-torch's
+``--model ScaleShiftMACE``; its ``--model MACE`` sets the shift to 0), batch 5, lr 0.01 AMSGrad,
 EMA 0.99, loss weights 1 (energy per atom) / 100 (forces), float32, seed 1, E0s from
 ``isolated_atoms.xyz``. With ``--mace-python`` (a venv with mace-torch 0.3.16) the same run is
 made with ``mace_run_train``; ``--skip-openmace`` / ``--mace-log`` reuse finished runs. Prints
@@ -23,16 +24,24 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-PAPER = {"aspirin": (2.2, 6.6), "ethanol": (0.4, 2.1), "benzene": (0.4, 0.3),
-         "malonaldehyde": (0.8, 4.1), "naphthalene": (0.5, 1.6), "salicylic": (0.9, 3.1),
-         "toluene": (0.5, 1.5)}  # Table 1, MACE, MAE: E meV (whole molecule), F meV/Å
+PAPER = {
+    "aspirin": (2.2, 6.6),
+    "ethanol": (0.4, 2.1),
+    "benzene": (0.4, 0.3),
+    "malonaldehyde": (0.8, 4.1),
+    "naphthalene": (0.5, 1.6),
+    "salicylic": (0.9, 3.1),
+    "toluene": (0.5, 1.5),
+}  # Table 1, MACE, MAE: E meV (whole molecule), F meV/Å
 
 
 def isolated_e0s(data: Path) -> dict[int, float]:
     from ase.io import read
 
-    return {int(a.numbers[0]): float(a.info["REF_energy"])
-            for a in read(data / "isolated_atoms.xyz", ":")}
+    return {
+        int(a.numbers[0]): float(a.info["REF_energy"])
+        for a in read(data / "isolated_atoms.xyz", ":")
+    }
 
 
 def elements_of(path: Path) -> set[int]:
@@ -43,41 +52,140 @@ def elements_of(path: Path) -> set[int]:
 
 def run_openmace(args, e0s, work: Path) -> dict:
     train = args.data / f"{args.molecule}_train.xyz"
-    cmd = [sys.executable, "-m", "openmace.cli.main", "train",
-           "--train-file", str(train), "--test-file", str(args.data / f"{args.molecule}_test.xyz"),
-           "--valid-fraction", "0.05", "--e0s", json.dumps(e0s),
-           "--channels", "64", "--max-L", "1", "--max-ell", "3", "--correlation", "3",
-           "--r-max", "5.0", "--num-interactions", "2", "--batch-size", "5",
-           "--valid-batch-size", "10", "--lr", "0.01", "--ema-decay", "0.99",
-           "--energy-weight", "1", "--forces-weight", "100", "--epochs", str(args.epochs),
-           "--dtype", "float32", "--seed", "1", "--work-dir", str(work), "--name", args.molecule,
-           "--quiet", "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "openmace.cli.main",
+        "train",
+        "--train-file",
+        str(train),
+        "--test-file",
+        str(args.data / f"{args.molecule}_test.xyz"),
+        "--valid-fraction",
+        "0.05",
+        "--e0s",
+        json.dumps(e0s),
+        "--channels",
+        "64",
+        "--max-L",
+        "1",
+        "--max-ell",
+        "3",
+        "--correlation",
+        "3",
+        "--r-max",
+        "5.0",
+        "--num-interactions",
+        "2",
+        "--batch-size",
+        "5",
+        "--valid-batch-size",
+        "10",
+        "--lr",
+        "0.01",
+        "--ema-decay",
+        "0.99",
+        "--energy-weight",
+        "1",
+        "--forces-weight",
+        "100",
+        "--epochs",
+        str(args.epochs),
+        "--dtype",
+        "float32",
+        "--seed",
+        "1",
+        "--work-dir",
+        str(work),
+        "--name",
+        args.molecule,
+        "--quiet",
+        "--threads",
+        str(args.threads),
+    ]
     if (work / "checkpoints" / f"{args.molecule}.ckpt").exists():
         cmd.append("--resume")
     subprocess.run(cmd, check=True)
     errors = json.loads((work / f"{args.molecule}.errors.json").read_text())["test"][-1]
-    history = [json.loads(x) for x in (work / f"{args.molecule}.log.jsonl").read_text().split("\n")
-               if x]
-    return {"E": errors["energy_mae"], "F": errors["forces_mae"],
-            "epoch_s": history[-1]["time_s"] / history[-1]["epoch"], "epochs": len(history)}
+    history = [
+        json.loads(x) for x in (work / f"{args.molecule}.log.jsonl").read_text().split("\n") if x
+    ]
+    return {
+        "E": errors["energy_mae"],
+        "F": errors["forces_mae"],
+        "epoch_s": history[-1]["time_s"] / history[-1]["epoch"],
+        "epochs": len(history),
+    }
 
 
 def run_mace(args, e0s, work: Path) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     present = elements_of(args.data / f"{args.molecule}_train.xyz")
     e0_text = "{" + ", ".join(f"{z}: {e}" for z, e in e0s.items() if z in present) + "}"
-    cmd = [args.mace_python, "-m", "mace.cli.run_train", "--name", f"mace_{args.molecule}",
-           "--seed", "1", "--train_file", str(args.data / f"{args.molecule}_train.xyz"),
-           "--valid_fraction", "0.05", "--test_file", str(args.data / f"{args.molecule}_test.xyz"),
-           "--E0s", e0_text, "--energy_key", "REF_energy", "--forces_key", "REF_forces",
-           "--model", "MACE", "--num_channels", "64", "--max_L", "1", "--max_ell", "3",
-           "--correlation", "3", "--r_max", "5.0", "--num_interactions", "2",
-           "--batch_size", "5", "--valid_batch_size", "10", "--lr", "0.01", "--amsgrad",
-           "--ema", "--ema_decay", "0.99", "--energy_weight", "1.0", "--forces_weight", "100.0",
-           "--max_num_epochs", str(args.epochs), "--default_dtype", "float32",
-           "--device", "cpu", "--eval_interval", "1", "--error_table", "PerAtomMAE"]
-    env = {"OMP_NUM_THREADS": str(args.threads), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
-           "PATH": "/usr/bin:/bin"}
+    cmd = [
+        args.mace_python,
+        "-m",
+        "mace.cli.run_train",
+        "--name",
+        f"mace_{args.molecule}",
+        "--seed",
+        "1",
+        "--train_file",
+        str(args.data / f"{args.molecule}_train.xyz"),
+        "--valid_fraction",
+        "0.05",
+        "--test_file",
+        str(args.data / f"{args.molecule}_test.xyz"),
+        "--E0s",
+        e0_text,
+        "--energy_key",
+        "REF_energy",
+        "--forces_key",
+        "REF_forces",
+        "--model",
+        "ScaleShiftMACE",
+        "--num_channels",
+        "64",
+        "--max_L",
+        "1",
+        "--max_ell",
+        "3",
+        "--correlation",
+        "3",
+        "--r_max",
+        "5.0",
+        "--num_interactions",
+        "2",
+        "--batch_size",
+        "5",
+        "--valid_batch_size",
+        "10",
+        "--lr",
+        "0.01",
+        "--amsgrad",
+        "--ema",
+        "--ema_decay",
+        "0.99",
+        "--energy_weight",
+        "1.0",
+        "--forces_weight",
+        "100.0",
+        "--max_num_epochs",
+        str(args.epochs),
+        "--default_dtype",
+        "float32",
+        "--device",
+        "cpu",
+        "--eval_interval",
+        "1",
+        "--error_table",
+        "PerAtomMAE",
+    ]
+    env = {
+        "OMP_NUM_THREADS": str(args.threads),
+        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
+        "PATH": "/usr/bin:/bin",
+    }
     log = work / "mace.log"
     with open(log, "w") as fh:
         subprocess.run(cmd, cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
@@ -86,15 +194,21 @@ def run_mace(args, e0s, work: Path) -> Path:
 
 def parse_mace_log(log: Path, atoms: int) -> dict:
     text = log.read_text()
-    stamps = [datetime.strptime(m, "%Y-%m-%d %H:%M:%S.%f")
-              for m in re.findall(r"^(\S+ \S+) INFO: Epoch \d+:", text, re.M)]
+    stamps = [
+        datetime.strptime(m, "%Y-%m-%d %H:%M:%S.%f")
+        for m in re.findall(r"^(\S+ \S+) INFO: Epoch \d+:", text, re.M)
+    ]
     start = re.search(r"^(\S+ \S+) INFO: Initial:", text, re.M)
     first = datetime.strptime(start.group(1), "%Y-%m-%d %H:%M:%S.%f") if start else stamps[0]
     epoch_s = (stamps[-1] - first).total_seconds() / len(stamps)
     test = text.split("Error-table on TEST")[-1]
     row = re.search(r"\|\s*Default_?\w*\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|", test)
-    return {"E": float(row.group(1)), "F": float(row.group(2)), "epoch_s": epoch_s,
-            "epochs": len(stamps)}
+    return {
+        "E": float(row.group(1)),
+        "F": float(row.group(2)),
+        "epoch_s": epoch_s,
+        "epochs": len(stamps),
+    }
 
 
 def main() -> None:
@@ -124,13 +238,18 @@ def main() -> None:
         rows["mace-torch 0.3.16"] = parse_mace_log(log, atoms)
     e_paper, f_paper = PAPER.get(args.molecule, (float("nan"), float("nan")))
     print(f"rMD17 {args.molecule}: test MAE, {args.epochs} epochs, {args.threads} thread(s)")
-    print(f"{'code':<20}{'epochs':>7}{'E meV/atom':>12}{'E meV/mol':>11}{'F meV/Å':>10}"
-          f"{'s/epoch':>9}")
+    print(
+        f"{'code':<20}{'epochs':>7}{'E meV/atom':>12}{'E meV/mol':>11}{'F meV/Å':>10}{'s/epoch':>9}"
+    )
     for name, r in rows.items():
-        print(f"{name:<20}{r['epochs']:>7}{r['E']:>12.2f}{r['E'] * atoms:>11.2f}{r['F']:>10.2f}"
-              f"{r['epoch_s']:>9.1f}")
-    print(f"{'paper (Table 1)':<20}{'-':>7}{e_paper / atoms:>12.2f}{e_paper:>11.2f}"
-          f"{f_paper:>10.2f}{'-':>9}")
+        print(
+            f"{name:<20}{r['epochs']:>7}{r['E']:>12.2f}{r['E'] * atoms:>11.2f}{r['F']:>10.2f}"
+            f"{r['epoch_s']:>9.1f}"
+        )
+    print(
+        f"{'paper (Table 1)':<20}{'-':>7}{e_paper / atoms:>12.2f}{e_paper:>11.2f}"
+        f"{f_paper:>10.2f}{'-':>9}"
+    )
     if len(rows) == 2:
         ratio = rows["openmace"]["F"] / rows["mace-torch 0.3.16"]["F"]
         print(f"force MAE ratio openmace / mace-torch: {ratio:.3f} (bar: <= 1.05)")

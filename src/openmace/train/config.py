@@ -56,7 +56,12 @@ class TrainConfig:
         lambda: [64, 64, 64], "hidden sizes of the radial MLP", aliases=("radial_MLP",)
     )
     readout_mlp: int = _opt(16, "hidden size of the last readout MLP", aliases=("MLP_irreps",))
-    residual_first: bool = _opt(False, "residual first layer (mace-torch's --model MACE: no)")
+    residual_first: bool = _opt(
+        True,
+        "residual (element-dependent self-connection) first "
+        "layer, as mace-torch's default ScaleShiftMACE; its "
+        "--model MACE uses a non-residual one",
+    )
     pair_repulsion: bool = _opt(False, "add ZBL pair repulsion")
     # optimisation
     batch_size: int = _opt(5, "structures per training batch")
