@@ -90,7 +90,9 @@ def test_missing_labels_and_unknown_test_element(tmp_path):
         a.info.pop("REF_energy")
         a.arrays.pop("REF_forces")
     data = write_xyz(tmp_path / "nolabels.xyz", frames)
-    with pytest.raises(DataError, match="no structure has an energy.*--energy-key"):
+    with pytest.raises(
+        DataError, match="no structure has energy under the key 'REF_energy'.*--energy-key"
+    ):
         load_training_data(build_config({}, {"train_file": str(data)}))
     train = write_xyz(tmp_path / "train.xyz", molecules(6))
     cu = copper_cells(1)

@@ -191,4 +191,11 @@ def read_configurations(path: str | Path, keys: Keys | None = None) -> list[Conf
         frames = [frames]
     if not frames:
         raise DataError(path, None, "file contains no structures")
-    return [configuration_from_atoms(a, keys, str(path), i) for i, a in enumerate(frames)]
+    configs = [configuration_from_atoms(a, keys, str(path), i) for i, a in enumerate(frames)]
+    calc_keys = set((getattr(frames[0].calc, "results", None) or {}).keys())
+    configs[0].extra["available_keys"] = sorted(
+        set(frames[0].info)
+        | set(frames[0].arrays)
+        | calc_keys - {"numbers", "positions", "species", "pos"}
+    )
+    return configs

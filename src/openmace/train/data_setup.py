@@ -60,13 +60,18 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
     train = [c for c in everything if not is_isolated_atom(c, types)]
     if not train:
         raise DataError(cfg.train_file, None, "no structures to train on (only isolated atoms)")
-    if not any(c.energy is not None or c.forces is not None for c in train):
-        raise DataError(
-            cfg.train_file,
-            None,
-            f"no structure has an energy ({cfg.energy_key}) or forces "
-            f"({cfg.forces_key}); check --energy-key/--forces-key",
-        )
+    available = ", ".join(everything[0].extra.get("available_keys", [])) or "none"
+    for label, weight, key in (
+        ("energy", cfg.energy_weight, cfg.energy_key),
+        ("forces", cfg.forces_weight, cfg.forces_key),
+    ):
+        if weight > 0 and all(getattr(c, label) is None for c in train):
+            raise DataError(
+                cfg.train_file,
+                None,
+                f"no structure has {label} under the key {key!r} (keys in the first structure: "
+                f"{available}); set --{label}-key, or --{label}-weight 0 to train without it",
+            )
     if cfg.valid_file:
         valid = read_configurations(cfg.valid_file, keys)
         valid = [c for c in valid if not is_isolated_atom(c, types)]
