@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from openmace.model import MACE, MACEConfig
 from openmace.model.radial import silu_normalisation
-from openmace.o3 import FeatureIrreps, Irrep, e3nn_044_sign, irreps_dim
+from openmace.o3 import FeatureIrreps, Irrep, coupling_basis, e3nn_044_sign, irreps_dim
 from openmace.o3.coupling import monomial_multiplicity, monomials
 
 
@@ -153,7 +153,7 @@ def _convert_contraction(prefix: str, state: dict, ours, irrep_index: int, irrep
             if target.abs().max() > 1e-12:
                 raise ConversionError(f"{u_key}: polynomial outside the coupling basis")
             continue
-        basis = getattr(ours, f"U_{key}").to(torch.float64)  # [K', M, n]
+        basis = coupling_basis(ours.irreps_in, irrep, nu).coefficients  # [K', M, n]
         metric = torch.tensor(
             [1.0 / monomial_multiplicity(m) for m in monomials(dim, nu)], dtype=torch.float64
         )
