@@ -53,6 +53,7 @@ def plot_parity(sets: dict[str, Predictions], path: Path) -> Path:
             ref = np.concatenate([f.ravel() for f in pred.forces_ref])
             out = np.concatenate([f.ravel() for f in pred.forces_pred])
             axes[1].scatter(ref, out, s=3, alpha=0.4, label=name)
+    axes[0].tick_params(axis="x", labelrotation=30)
     for ax, unit in ((axes[0], "energy (eV/atom)"), (axes[1], "force component (eV/Å)")):
         lo, hi = ax.get_xlim()
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
