@@ -28,6 +28,14 @@ from openmace.o3.coupling import monomial_recursion, monomials
 
 
 class SymmetricContraction(nn.Module):
+    """B-features and messages of eq. 10-11 for every output irrep.
+
+    Degrees below ν use canonical monomials (one gather each, small). The top degree ν is
+    contracted Horner-style, as in Algorithm 1: ``Q[m] = Σ_j P_ν[m, j] A_j`` over the
+    degree-(ν-1) monomials ``m``, so the largest monomial tensor is never built and no scatter
+    appears in the backward pass.
+    """
+
     def __init__(
         self,
         irreps_in: tuple[Irrep, ...],
@@ -40,12 +48,19 @@ class SymmetricContraction(nn.Module):
         self.irreps_in, self.irreps_out = irreps_in, irreps_out
         self.correlation = correlation
         self.channels, self.num_elements = channels, num_elements
-        dim = irreps_dim(irreps_in)
-        self.monomial_counts = [len(monomials(dim, nu)) for nu in range(1, correlation + 1)]
-        for nu in range(2, correlation + 1):
+        self.dim = dim = irreps_dim(irreps_in)
+        self.dim_out = irreps_dim(irreps_out)
+        # counts of canonical monomials of degree 1 .. ν-1 ("low"), and of the top degree's
+        # dense (degree ν-1 monomial, last factor) layout
+        self.low_counts = [len(monomials(dim, nu)) for nu in range(1, correlation)]
+        self.top_prefix = len(monomials(dim, correlation - 1)) if correlation > 1 else 1
+        for nu in range(2, correlation):
             prefix, last = monomial_recursion(dim, nu)
             self.register_buffer(f"prefix_{nu}", prefix, persistent=False)
             self.register_buffer(f"last_{nu}", last, persistent=False)
+        if correlation > 1:
+            prefix, last = monomial_recursion(dim, correlation)
+            top_slot = prefix * dim + last
         dtype = torch.get_default_dtype()
         self.weights = nn.ParameterDict()
         for j, ir in enumerate(irreps_out):
@@ -54,47 +69,74 @@ class SymmetricContraction(nn.Module):
                 if basis.size == 0:
                     continue
                 key = f"{j}_{nu}"
-                self.register_buffer(f"U_{key}", basis.coefficients.to(dtype), persistent=False)
+                coefficients = basis.coefficients
+                if nu == correlation and nu > 1:  # dense (prefix monomial, last factor) layout
+                    dense = coefficients.new_zeros(basis.size, ir.dim, self.top_prefix * dim)
+                    dense[:, :, top_slot] = coefficients
+                    coefficients = dense
+                self.register_buffer(f"U_{key}", coefficients.to(dtype), persistent=False)
                 self.weights[key] = nn.Parameter(
                     torch.randn(num_elements, basis.size, channels) / basis.size
                 )
 
-    def coupled_weights(self) -> torch.Tensor:
-        """``P[z, c, M_out, n]``: weights contracted with the coupling basis, all ν stacked."""
+    def _coupled(self, degrees: range, width: int) -> torch.Tensor:
+        """Weights contracted with the basis for the given degrees: ``[z, c, M_out, width]``."""
         ref = next(iter(self.weights.values()))
         rows = []
         for j, ir in enumerate(self.irreps_out):
             cols = []
-            for nu, count in enumerate(self.monomial_counts, start=1):
+            for nu in degrees:
                 key = f"{j}_{nu}"
+                count = self.low_counts[nu - 1] if nu < self.correlation else width
                 if key in self.weights:
                     u = getattr(self, f"U_{key}")
                     cols.append(torch.einsum("kmn,ekc->ecmn", u, self.weights[key]))
                 else:
                     cols.append(ref.new_zeros(self.num_elements, self.channels, ir.dim, count))
-            rows.append(torch.cat(cols, dim=-1))
+            rows.append(
+                torch.cat(cols, dim=-1)
+                if cols
+                else ref.new_zeros(self.num_elements, self.channels, ir.dim, 0)
+            )
         return torch.cat(rows, dim=2)
 
-    def monomials(self, a: torch.Tensor) -> torch.Tensor:
-        """All monomials of degree 1..ν of ``a [n, c, dim]`` → ``[n, c, Σ monomials]``."""
+    def _low_monomials(self, a: torch.Tensor) -> list[torch.Tensor]:
         out = [a]
-        for nu in range(2, self.correlation + 1):
-            prev = out[-1]
+        for nu in range(2, self.correlation):
             out.append(
-                prev[..., getattr(self, f"prefix_{nu}")] * a[..., getattr(self, f"last_{nu}")]
+                out[-1][..., getattr(self, f"prefix_{nu}")] * a[..., getattr(self, f"last_{nu}")]
             )
-        return torch.cat(out, dim=-1)
+        return out
 
     def forward(self, a: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
         """``a [n, c, dim_in]`` → ``[n, c, dim_out]``."""
-        mono = self.monomials(a)
-        p = self.coupled_weights()
+        if self.correlation == 1:
+            p1 = self._coupled(range(1, 2), self.dim)
+            return groups.apply(a, lambda e, x: torch.einsum("bcn,cmn->bcm", x, p1[e]))
+        low = self._low_monomials(a)
+        # top degree: P_top[z, c, M, m, j]; lower degrees: P_low[z, c, M, n]
+        p_top = self._coupled(
+            range(self.correlation, self.correlation + 1), self.top_prefix * self.dim
+        )
+        p_top = p_top.reshape(*p_top.shape[:3], self.top_prefix, self.dim)
+        p_low = self._coupled(range(1, self.correlation), 0)
+        # degree ν-1 coefficients join the Horner step: Q = P_top · A + P_{ν-1}
+        n_prev = self.low_counts[-1]
+        p_prev = p_low[..., -n_prev:]
+        p_rest = p_low[..., :-n_prev]
+        rest = low[:-1]
 
-        def per_element(element: int, m: torch.Tensor) -> torch.Tensor:
-            # [c, n_e, mono] @ [c, mono, M] -> [c, n_e, M]
-            return torch.bmm(m.transpose(0, 1), p[element].transpose(1, 2)).transpose(0, 1)
+        def per_element(element: int, x: torch.Tensor) -> torch.Tensor:
+            a_e, prev_e = x[..., : self.dim], x[..., self.dim : self.dim + n_prev]
+            q = torch.einsum("cMmj,bcj->bcMm", p_top[element], a_e) + p_prev[element]
+            out = torch.einsum("bcMm,bcm->bcM", q, prev_e)
+            if rest:
+                r = x[..., self.dim + n_prev :]
+                out = out + torch.einsum("bcn,cMn->bcM", r, p_rest[element])
+            return out
 
-        return groups.apply(mono, per_element)
+        packed = torch.cat([a, low[-1], *rest], dim=-1) if rest else torch.cat([a, low[-1]], -1)
+        return groups.apply(packed, per_element)
 
 
 class ProductBlock(nn.Module):
