@@ -1,0 +1,5 @@
+"""ASE calculators."""
+
+from openmace.calculators.mace import MACECalculator
+
+__all__ = ["MACECalculator"]

@@ -1,0 +1,84 @@
+"""ASE calculator for openmace models.
+
+    from openmace import MACECalculator
+    atoms.calc = MACECalculator(model="model.safetensors", device="cpu", dtype="float64")
+
+Properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å), ``stress`` (eV/Å³, Voigt, ASE
+sign; fully periodic structures only), ``energies`` (per atom, eV). Given a list of models it
+runs a committee: results are the mean, and ``energy_var`` (eV²), ``forces_var`` (eV²/Å², per
+component), ``energy_comm`` and ``forces_comm`` hold the spread and the members' values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from openmace.calculators.neighbours import SkinNeighbourList
+from openmace.io.model_file import load_model
+from openmace.model import MACE
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, not {dtype!r}")
+    return getattr(torch, dtype)
+
+
+class MACECalculator(Calculator):
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+
+    def __init__(
+        self,
+        model: str | Path | MACE | list[str | Path | MACE],
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype = "float64",
+        skin: float = 0.5,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.device, self.dtype = torch.device(device), _dtype(dtype)
+        items = model if isinstance(model, list | tuple) else [model]
+        if not items:
+            raise ValueError("MACECalculator needs at least one model")
+        self.models = [self._load(m) for m in items]
+        r_max = {m.config.r_max for m in self.models}
+        if len(r_max) != 1:
+            raise ValueError(f"committee models must share r_max, got {sorted(r_max)}")
+        self.r_max = r_max.pop()
+        self.neighbours = SkinNeighbourList(self.r_max, skin)
+
+    def _load(self, model: str | Path | MACE) -> MACE:
+        if isinstance(model, MACE):
+            return model.to(device=self.device, dtype=self.dtype)
+        return load_model(model, dtype=self.dtype, device=self.device)
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
+        super().calculate(atoms, properties or ["energy"], system_changes)
+        graph = self.neighbours.graph(self.atoms)
+        periodic = bool(self.atoms.pbc.all())
+        outs = [m(graph, compute_forces=True, compute_stress=periodic) for m in self.models]
+        energy = np.array([o["energy"].item() for o in outs])
+        forces = np.stack([o["forces"].detach().cpu().double().numpy() for o in outs])
+        energies = np.stack([o["node_energy"].detach().cpu().double().numpy() for o in outs])
+        self.results = {
+            "energy": float(energy.mean()),
+            "free_energy": float(energy.mean()),
+            "forces": forces.mean(axis=0),
+            "energies": energies.mean(axis=0),
+        }
+        if periodic:
+            stress = np.stack([o["stress"][0].detach().cpu().double().numpy() for o in outs])
+            s = stress.mean(axis=0)
+            self.results["stress"] = np.array(
+                [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+        if len(self.models) > 1:
+            self.results.update(
+                energy_var=float(energy.var()), forces_var=forces.var(axis=0),
+                energy_comm=energy, forces_comm=forces,
+            )

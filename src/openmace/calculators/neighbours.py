@@ -1,0 +1,50 @@
+"""Neighbour list with a Verlet skin for repeated evaluations (MD, relaxations).
+
+Pairs are found within ``r_max + skin`` and reused until an atom has moved more than ``skin/2``
+(or the cell, periodicity or atoms change). Pairs beyond ``r_max`` contribute exactly zero (the
+radial envelope vanishes there), so results equal a fresh build up to summation order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from openmace.data.graph import Graph, neighbour_list
+
+
+class SkinNeighbourList:
+    def __init__(self, cutoff: float, skin: float = 0.5) -> None:
+        self.cutoff, self.skin = cutoff, skin
+        self.reference: np.ndarray | None = None
+        self.key = None
+        self.edges = None
+        self.builds = 0
+
+    def _stale(self, atoms: Atoms) -> bool:
+        key = (atoms.get_atomic_numbers().tobytes(), np.asarray(atoms.get_cell()[:]).tobytes(),
+               atoms.get_pbc().tobytes())
+        if self.reference is None or key != self.key:
+            self.key = key
+            return True
+        moved = np.linalg.norm(atoms.get_positions() - self.reference, axis=1)
+        return bool(moved.max(initial=0.0) > 0.5 * self.skin)
+
+    def graph(self, atoms: Atoms) -> Graph:
+        if self._stale(atoms):
+            self.reference = atoms.get_positions().copy()
+            self.edges = neighbour_list(self.reference, np.asarray(atoms.get_cell()[:]),
+                                        atoms.get_pbc(), self.cutoff + self.skin)
+            self.builds += 1
+        sender, receiver, shifts = self.edges
+        return Graph(
+            positions=torch.tensor(atoms.get_positions(), dtype=torch.float64),
+            atomic_numbers=torch.tensor(atoms.get_atomic_numbers(), dtype=torch.long),
+            cell=torch.tensor(np.asarray(atoms.get_cell()[:]), dtype=torch.float64).unsqueeze(0),
+            pbc=torch.tensor(atoms.get_pbc()).unsqueeze(0),
+            edge_index=torch.tensor(np.stack([sender, receiver]), dtype=torch.long),
+            unit_shifts=torch.tensor(shifts, dtype=torch.float64),
+            batch=torch.zeros(len(atoms), dtype=torch.long),
+            num_graphs=1,
+        )
