@@ -53,8 +53,9 @@ def test_skin_neighbour_list_equals_fresh_build_along_md():
         dyn.run(1)
         probe = atoms.copy()
         probe.calc = fresh
-        assert atoms.get_potential_energy() == pytest.approx(probe.get_potential_energy(),
-                                                             abs=1e-10)
+        assert atoms.get_potential_energy() == pytest.approx(
+            probe.get_potential_energy(), abs=1e-10
+        )
         assert np.allclose(atoms.get_forces(), probe.get_forces(), atol=1e-10)
     assert calc.neighbours.builds < fresh.neighbours.builds  # the skin saved rebuilds
 

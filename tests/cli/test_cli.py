@@ -3,6 +3,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from openmace import load_model
 from openmace.cli.main import main
 from openmace.data.graph import batch_atoms
@@ -45,3 +47,41 @@ def test_errors_are_one_line_not_tracebacks(tmp_path):
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and str(bad) in result.stderr
+
+
+def test_eval_writes_mace_keys_and_error_table(tmp_path, capsys):
+    from ase.io import read
+
+    from openmace import save_model
+    from tests.conftest import make_model
+    from tests.train.helpers import copper_cells, molecules, write_xyz
+
+    model_path = save_model(make_model(), tmp_path / "m.safetensors")
+    configs = write_xyz(tmp_path / "in.xyz", molecules(3) + copper_cells(2))
+    out = tmp_path / "out.xyz"
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(model_path),
+                "--configs",
+                str(configs),
+                "--output",
+                str(out),
+                "--batch-size",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "F MAE meV/Å" in text and text.strip().endswith(f"output: {out}")
+    frames = read(out, ":")
+    assert len(frames) == 5
+    for atoms in frames:
+        assert "MACE_energy" in atoms.info and atoms.arrays["MACE_forces"].shape == (len(atoms), 3)
+        assert atoms.arrays["MACE_energies"].sum() == pytest.approx(atoms.info["MACE_energy"])
+    assert "MACE_stress" not in frames[0].info and len(frames[4].info["MACE_stress"]) == 9
+    assert (tmp_path / "out.parity.png").exists()

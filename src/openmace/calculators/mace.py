@@ -76,9 +76,12 @@ class MACECalculator(Calculator):
             stress = np.stack([o["stress"][0].detach().cpu().double().numpy() for o in outs])
             s = stress.mean(axis=0)
             self.results["stress"] = np.array(
-                [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+                [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]
+            )
         if len(self.models) > 1:
             self.results.update(
-                energy_var=float(energy.var()), forces_var=forces.var(axis=0),
-                energy_comm=energy, forces_comm=forces,
+                energy_var=float(energy.var()),
+                forces_var=forces.var(axis=0),
+                energy_comm=energy,
+                forces_comm=forces,
             )

@@ -23,8 +23,11 @@ class SkinNeighbourList:
         self.builds = 0
 
     def _stale(self, atoms: Atoms) -> bool:
-        key = (atoms.get_atomic_numbers().tobytes(), np.asarray(atoms.get_cell()[:]).tobytes(),
-               atoms.get_pbc().tobytes())
+        key = (
+            atoms.get_atomic_numbers().tobytes(),
+            np.asarray(atoms.get_cell()[:]).tobytes(),
+            atoms.get_pbc().tobytes(),
+        )
         if self.reference is None or key != self.key:
             self.key = key
             return True
@@ -34,8 +37,12 @@ class SkinNeighbourList:
     def graph(self, atoms: Atoms) -> Graph:
         if self._stale(atoms):
             self.reference = atoms.get_positions().copy()
-            self.edges = neighbour_list(self.reference, np.asarray(atoms.get_cell()[:]),
-                                        atoms.get_pbc(), self.cutoff + self.skin)
+            self.edges = neighbour_list(
+                self.reference,
+                np.asarray(atoms.get_cell()[:]),
+                atoms.get_pbc(),
+                self.cutoff + self.skin,
+            )
             self.builds += 1
         sender, receiver, shifts = self.edges
         return Graph(

@@ -6,9 +6,15 @@ import argparse
 import logging
 import sys
 
-from openmace.cli import convert, demo, info, train
+from openmace.cli import convert, demo, eval, info, train
 
-COMMANDS = {"train": train, "demo": demo, "convert": convert, "info": info}
+COMMANDS = {
+    "train": train,
+    "eval": eval,
+    "demo": demo,
+    "convert": convert,
+    "info": info,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -265,7 +265,7 @@ class Trainer:
             )
             losses.append(float(loss.detach()))
             sizes.append(len(idx))
-        preds = predict(self.model, dataset, self.cfg.valid_batch_size, self.device, self.dtype)
+        preds = predict(self.model, dataset, self.cfg.valid_batch_size)
         return float(np.average(losses, weights=sizes)), preds
 
     def averaged(self):
@@ -348,8 +348,7 @@ class Trainer:
         if self.data.test:
             sets["test"] = GraphDataset(self.data.test, cfg.r_max)
         predictions = {
-            name: predict(self.model, ds, cfg.valid_batch_size, self.device, self.dtype)
-            for name, ds in sets.items()
+            name: predict(self.model, ds, cfg.valid_batch_size) for name, ds in sets.items()
         }
         tables = {name: error_rows(p) for name, p in predictions.items()}
         text = format_table(tables)

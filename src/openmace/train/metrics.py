@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from openmace.data.configurations import Configuration
 from openmace.data.dataset import GraphDataset
+from openmace.inference import predict_configurations
 from openmace.model import MACE
 
 
@@ -29,32 +31,32 @@ class Predictions:
     stress_type: list[str] = field(default_factory=list)
 
 
-def predict(model: MACE, dataset: GraphDataset, batch_size: int, device, dtype) -> Predictions:
+def predictions_from(configs: list[Configuration], outputs) -> Predictions:
+    """Pair model outputs (:func:`openmace.inference.predict_configurations`) with labels."""
     out = Predictions()
-    need_stress = any(c.stress is not None or c.virials is not None for c in dataset.configs)
-    for start in range(0, len(dataset), batch_size):
-        indices = list(range(start, min(start + batch_size, len(dataset))))
-        batch = dataset.batch(indices).to(device, dtype)
-        result = model(batch.graph, compute_forces=True, compute_stress=need_stress)
-        energy = result["energy"].detach().cpu().double()
-        forces = result["forces"].detach().cpu().double()
-        offsets = np.cumsum([0] + [len(dataset.configs[i]) for i in indices])
-        for k, i in enumerate(indices):
-            config = dataset.configs[i]
-            out.config_types.append(config.config_type)
-            if config.energy is not None:
-                out.energy_ref.append(config.energy / len(config))
-                out.energy_pred.append(float(energy[k]) / len(config))
-                out.energy_type.append(config.config_type)
-            if config.forces is not None:
-                out.forces_ref.append(config.forces)
-                out.forces_pred.append(forces[offsets[k] : offsets[k + 1]].numpy())
-                out.forces_type.append(config.config_type)
-            if need_stress and config.stress is not None:
-                out.stress_ref.append(config.stress)
-                out.stress_pred.append(result["stress"][k].detach().cpu().double().numpy())
-                out.stress_type.append(config.config_type)
+    for config, result in zip(configs, outputs):
+        out.config_types.append(config.config_type)
+        if config.energy is not None:
+            out.energy_ref.append(config.energy / len(config))
+            out.energy_pred.append(result["energy"] / len(config))
+            out.energy_type.append(config.config_type)
+        if config.forces is not None:
+            out.forces_ref.append(config.forces)
+            out.forces_pred.append(result["forces"])
+            out.forces_type.append(config.config_type)
+        if config.stress is not None and result["stress"] is not None:
+            out.stress_ref.append(config.stress)
+            out.stress_pred.append(result["stress"])
+            out.stress_type.append(config.config_type)
     return out
+
+
+def predict(
+    model: MACE, dataset: GraphDataset, batch_size: int, device=None, dtype=None
+) -> Predictions:
+    """Predictions of ``model`` on a labelled data set."""
+    outputs = predict_configurations(model, dataset.configs, batch_size)
+    return predictions_from(dataset.configs, outputs)
 
 
 def _errors(ref: list, pred: list) -> tuple[float, float]:
