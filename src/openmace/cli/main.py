@@ -6,11 +6,12 @@ import argparse
 import logging
 import sys
 
-from openmace.cli import convert, demo, eval, info, train
+from openmace.cli import convert, demo, eval, info, md, train
 
 COMMANDS = {
     "train": train,
     "eval": eval,
+    "md": md,
     "demo": demo,
     "convert": convert,
     "info": info,
