@@ -47,7 +47,12 @@ def _dynamics(
         return VelocityVerlet(atoms, timestep=dt)
     if ensemble == "nvt":
         return Langevin(
-            atoms, timestep=dt, temperature_K=temperature, friction=friction / units.fs, rng=rng
+            atoms,
+            timestep=dt,
+            temperature_K=temperature,
+            friction=friction / units.fs,
+            fixcm=False,
+            rng=rng,
         )
     if ensemble == "npt":
         if not atoms.pbc.all():
