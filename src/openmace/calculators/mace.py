@@ -56,7 +56,9 @@ class MACECalculator(Calculator):
     def _load(self, model: str | Path | MACE) -> MACE:
         if isinstance(model, MACE):
             return model.to(device=self.device, dtype=self.dtype)
-        return load_model(model, dtype=self.dtype, device=self.device)
+        loaded = load_model(model, dtype=self.dtype, device=self.device)
+        loaded.requires_grad_(False)  # inference only: no weight gradients, cached couplings
+        return loaded
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)

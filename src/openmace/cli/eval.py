@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from openmace.train.plots import plot_parity
 
     model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    model.requires_grad_(False)
     keys = Keys(energy=args.energy_key, forces=args.forces_key, stress=args.stress_key)
     configs = read_configurations(args.configs, keys)
     frames = ase.io.read(args.configs, index=":")

@@ -62,6 +62,7 @@ class SymmetricContraction(nn.Module):
             prefix, last = monomial_recursion(dim, correlation)
             top_slot = prefix * dim + last
         dtype = torch.get_default_dtype()
+        self._cache: dict = {}
         self.weights = nn.ParameterDict()
         for j, ir in enumerate(irreps_out):
             for nu in range(1, correlation + 1):
@@ -80,7 +81,22 @@ class SymmetricContraction(nn.Module):
                 )
 
     def _coupled(self, degrees: range, width: int) -> torch.Tensor:
-        """Weights contracted with the basis for the given degrees: ``[z, c, M_out, width]``."""
+        """Weights contracted with the basis for the given degrees: ``[z, c, M_out, width]``.
+
+        With frozen weights (inference) the result is cached until a weight changes (tracked
+        by the tensors' version counters), which saves most of the cost of small structures.
+        """
+        weights = list(self.weights.values())
+        if any(w.requires_grad for w in weights):
+            return self._contract_weights(degrees, width)
+        key = (degrees, width, weights[0].dtype, weights[0].device, *(w._version for w in weights))
+        cached = self._cache.get((degrees, width))
+        if cached is None or cached[0] != key:
+            cached = (key, self._contract_weights(degrees, width))
+            self._cache[(degrees, width)] = cached
+        return cached[1]
+
+    def _contract_weights(self, degrees: range, width: int) -> torch.Tensor:
         ref = next(iter(self.weights.values()))
         rows = []
         for j, ir in enumerate(self.irreps_out):
