@@ -133,3 +133,19 @@ def test_unknown_element_is_a_clear_error():
     model = make_model()
     with pytest.raises(ValueError, match=r"atomic number\(s\) \[26\] not in this model"):
         model(batch_atoms([ase.Atoms("Fe")], model.config.r_max))
+
+
+def test_frozen_model_cache_follows_weight_changes():
+    """Inference caches contracted coupling weights; changing a weight must invalidate it."""
+    model = make_model()
+    model.requires_grad_(False)
+    graph = batch_atoms([molecule()], model.config.r_max)
+    first = model(graph)["energy"]
+    with torch.no_grad():
+        for w in model.products[0].contraction.weights.values():
+            w.mul_(1.5)
+    changed = model(graph)["energy"]
+    reference = make_model()
+    reference.load_state_dict(model.state_dict())
+    assert not torch.allclose(first, changed)
+    assert torch.allclose(changed, reference(graph)["energy"], atol=1e-12)
