@@ -137,3 +137,27 @@ def test_config_validation_names_the_problem():
         build_config({"train_file": "x", "dtype": "float16"}, {})
     cfg = build_config({"train_file": "x", "num_channels": 32, "max_L": 2}, {"lr": "0.005"})
     assert cfg.hidden == "32x0e+32x1o+32x2e" and cfg.lr == 0.005
+
+
+def test_stage_two_and_early_stopping(tmp_path):
+    data = write_xyz(tmp_path / "train.xyz", molecules(12))
+    trainer = Trainer(make_config(tmp_path / "a", data, epochs=4, stage_two_start=0.5,
+                                  stage_two_lr=0.002), progress=False)
+    trainer.setup()
+    trainer.run()
+    assert [h["stage"] for h in trainer.history] == [1, 1, 2, 2]
+    assert trainer.history[-1]["lr"] == pytest.approx(0.002)
+    stopper = Trainer(make_config(tmp_path / "b", data, epochs=30, patience=0, lr=5.0),
+                      progress=False)
+    stopper.setup()
+    assert stopper.run() < 30  # a huge lr stops improving quickly; patience 0 stops then
+
+
+def test_virials_and_huber_loss_train(tmp_path):
+    frames = copper_cells(8)
+    for atoms in frames:
+        stress = atoms.info.pop("REF_stress").reshape(3, 3)
+        atoms.info["REF_virials"] = (-stress * atoms.get_volume()).reshape(-1)
+    data = write_xyz(tmp_path / "cu.xyz", frames)
+    result = train(make_config(tmp_path, data, epochs=1, loss="huber", virials_weight=1.0))
+    assert result.model_path.exists()
