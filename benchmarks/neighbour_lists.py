@@ -1,11 +1,12 @@
 """Neighbour-list libraries compared: vesin (used), matscipy, ASE; median ms per build.
 
-    python benchmarks/neighbour_lists.py
+python benchmarks/neighbour_lists.py
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import ase.build
 import numpy as np
@@ -39,14 +40,17 @@ def main() -> None:
     for name, atoms in cases.items():
         atoms.rattle(0.01, seed=0)
         pos, cell, pbc = atoms.positions, atoms.cell[:], atoms.pbc
-        t_vesin = timed(lambda: vesin_neighbour_list(pos, cell, pbc, cutoff))
+        t_vesin = timed(partial(vesin_neighbour_list, pos, cell, pbc, cutoff))
         pairs = len(vesin_neighbour_list(pos, cell, pbc, cutoff)[0])
         boxed = atoms.copy()
         if not boxed.pbc.any():  # matscipy needs a cell even without periodicity
             boxed.cell = np.eye(3) * (np.ptp(boxed.positions, axis=0).max() + 3 * cutoff)
-        t_matscipy = (timed(lambda: matscipy_neighbour_list("ijS", boxed, cutoff))
-                      if matscipy_neighbour_list else float("nan"))
-        t_ase = timed(lambda: ase_neighbor_list("ijS", atoms, cutoff), repeats=3)
+        t_matscipy = (
+            timed(partial(matscipy_neighbour_list, "ijS", boxed, cutoff))
+            if matscipy_neighbour_list
+            else float("nan")
+        )
+        t_ase = timed(partial(ase_neighbor_list, "ijS", atoms, cutoff), repeats=3)
         print(f"{name:<20}{t_vesin:>10.2f}{t_matscipy:>13.2f}{t_ase:>10.2f}{pairs:>10}")
 
 

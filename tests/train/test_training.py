@@ -141,14 +141,17 @@ def test_config_validation_names_the_problem():
 
 def test_stage_two_and_early_stopping(tmp_path):
     data = write_xyz(tmp_path / "train.xyz", molecules(12))
-    trainer = Trainer(make_config(tmp_path / "a", data, epochs=4, stage_two_start=0.5,
-                                  stage_two_lr=0.002), progress=False)
+    trainer = Trainer(
+        make_config(tmp_path / "a", data, epochs=4, stage_two_start=0.5, stage_two_lr=0.002),
+        progress=False,
+    )
     trainer.setup()
     trainer.run()
     assert [h["stage"] for h in trainer.history] == [1, 1, 2, 2]
     assert trainer.history[-1]["lr"] == pytest.approx(0.002)
-    stopper = Trainer(make_config(tmp_path / "b", data, epochs=30, patience=0, lr=5.0),
-                      progress=False)
+    stopper = Trainer(
+        make_config(tmp_path / "b", data, epochs=30, patience=0, lr=5.0), progress=False
+    )
     stopper.setup()
     assert stopper.run() < 30  # a huge lr stops improving quickly; patience 0 stops then
 
