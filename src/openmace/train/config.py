@@ -126,6 +126,20 @@ class TrainConfig:
             "stage_two_start must be a fraction in [0, 1)",
         )
         need(self.eval_interval >= 1, "eval_interval must be >= 1")
+        need(all(n >= 1 for n in self.radial_mlp), "radial_mlp sizes must be >= 1")
+        need(self.readout_mlp >= 1, "readout_mlp must be >= 1")
+        need(self.num_bessel >= 1, "num_bessel must be >= 1")
+        need(self.num_polynomial_cutoff >= 1, "num_polynomial_cutoff must be >= 1")
+        need(0 <= self.max_ell <= 6, "max_ell must be 0..6")
+        need(self.scheduler_patience >= 0, "scheduler_patience must be >= 0")
+        need(0.0 < self.scheduler_factor < 1.0, "scheduler_factor must be in (0, 1)")
+        need(self.huber_delta > 0, "huber_delta must be positive")
+        need(self.clip_grad is None or self.clip_grad > 0, "clip_grad must be positive or none")
+        need(self.weight_decay >= 0, "weight_decay must be >= 0")
+        need(self.threads is None or self.threads >= 1, "threads must be >= 1")
+        need(self.patience is None or self.patience >= 0, "patience must be >= 0")
+        need(self.stage_two_lr > 0, "stage_two_lr must be positive")
+        need(self.valid_fraction == self.valid_fraction, "valid_fraction must be a number")
         for name in ("energy_weight", "forces_weight", "stress_weight", "virials_weight"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0")
         if problems:
