@@ -103,9 +103,16 @@ def run_openmace(args, e0s, work: Path) -> dict:
         "--threads",
         str(args.threads),
     ]
-    if (work / "checkpoints" / f"{args.molecule}.ckpt").exists():
-        cmd.append("--resume")
-    subprocess.run(cmd, check=True)
+    log = work / f"{args.molecule}.log.jsonl"
+    finished = (
+        (work / f"{args.molecule}.errors.json").exists()
+        and log.exists()
+        and (json.loads(log.read_text().splitlines()[-1])["epoch"] >= args.epochs)
+    )
+    if not finished:  # a finished run is only read
+        if (work / "checkpoints" / f"{args.molecule}.ckpt").exists():
+            cmd.append("--resume")
+        subprocess.run(cmd, check=True)
     errors = json.loads((work / f"{args.molecule}.errors.json").read_text())["test"][-1]
     history = [
         json.loads(x) for x in (work / f"{args.molecule}.log.jsonl").read_text().split("\n") if x
