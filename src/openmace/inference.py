@@ -11,6 +11,25 @@ from openmace.data.graph import collate, graph_from_atoms
 from openmace.model import MACE
 
 
+def split_by_structure(
+    out: dict, sizes: list[int], periodic: list[bool]
+) -> Iterator[dict[str, np.ndarray | float | None]]:
+    """Per-structure results from one batched model output."""
+    energy = out["energy"].detach().cpu().double().numpy()
+    forces = out["forces"].detach().cpu().double().numpy()
+    energies = out["node_energy"].detach().cpu().double().numpy()
+    offsets = np.cumsum([0, *sizes])
+    for k in range(len(sizes)):
+        a, b = offsets[k], offsets[k + 1]
+        stress = out["stress"][k].detach().cpu().double().numpy() if periodic[k] else None
+        yield {
+            "energy": float(energy[k]),
+            "forces": forces[a:b],
+            "energies": energies[a:b],
+            "stress": stress,
+        }
+
+
 def predict_configurations(
     model: MACE,
     configs: list[Configuration],
@@ -30,21 +49,7 @@ def predict_configurations(
         graph = collate([graph_from_atoms(c.to_atoms(), r_max) for c in chunk])
         periodic = [bool(c.pbc.all()) for c in chunk]
         out = model(graph, compute_forces=True, compute_stress=any(periodic))
-        energy = out["energy"].detach().cpu().double().numpy()
-        forces = out["forces"].detach().cpu().double().numpy()
-        energies = out["node_energy"].detach().cpu().double().numpy()
-        offsets = np.cumsum([0] + [len(c) for c in chunk])
-        for k in range(len(chunk)):
-            a, b = offsets[k], offsets[k + 1]
-            stress = None
-            if periodic[k]:
-                stress = out["stress"][k].detach().cpu().double().numpy()
-            yield {
-                "energy": float(energy[k]),
-                "forces": forces[a:b],
-                "energies": energies[a:b],
-                "stress": stress,
-            }
+        yield from split_by_structure(out, [len(c) for c in chunk], periodic)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:

@@ -21,6 +21,7 @@ import torch
 
 from openmace.data.dataset import GraphDataset
 from openmace.data.statistics import compute_statistics
+from openmace.inference import split_by_structure
 from openmace.io.model_file import save_model
 from openmace.model import MACE, MACEConfig
 from openmace.train.checkpoint import load_checkpoint, save_checkpoint
@@ -28,7 +29,13 @@ from openmace.train.config import TrainConfig
 from openmace.train.data_setup import TrainingData, load_training_data
 from openmace.train.ema import EMA
 from openmace.train.loss import LossWeights, compute_loss
-from openmace.train.metrics import Predictions, error_rows, format_table, predict
+from openmace.train.metrics import (
+    Predictions,
+    error_rows,
+    format_table,
+    predict,
+    predictions_from,
+)
 from openmace.train.plots import plot_learning_curves, plot_parity
 
 log = logging.getLogger("openmace.train")
@@ -253,20 +260,21 @@ class Trainer:
         return float(np.average(losses, weights=sizes))
 
     def evaluate(self, dataset: GraphDataset) -> tuple[float, Predictions]:
+        """Mean loss and predictions of the current weights on ``dataset`` (one pass)."""
         weights = self.weights()
-        stress = self._needs_stress(dataset)
-        losses, sizes = [], []
+        huber = self.cfg.huber_delta if self.cfg.loss == "huber" else None
+        losses, sizes, outputs = [], [], []
         for start in range(0, len(dataset), self.cfg.valid_batch_size):
             idx = list(range(start, min(start + self.cfg.valid_batch_size, len(dataset))))
+            configs = [dataset.configs[i] for i in idx]
+            periodic = [bool(c.pbc.all()) for c in configs]
             batch = dataset.batch(idx).to(self.device, self.dtype)
-            out = self.model(batch.graph, compute_forces=True, compute_stress=stress)
-            loss, _ = compute_loss(
-                out, batch, weights, self.cfg.huber_delta if self.cfg.loss == "huber" else None
-            )
+            out = self.model(batch.graph, compute_forces=True, compute_stress=any(periodic))
+            loss, _ = compute_loss(out, batch, weights, huber)
             losses.append(float(loss.detach()))
             sizes.append(len(idx))
-        preds = predict(self.model, dataset, self.cfg.valid_batch_size)
-        return float(np.average(losses, weights=sizes)), preds
+            outputs.extend(split_by_structure(out, [len(c) for c in configs], periodic))
+        return float(np.average(losses, weights=sizes)), predictions_from(dataset.configs, outputs)
 
     def averaged(self):
         from contextlib import nullcontext
