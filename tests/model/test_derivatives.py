@@ -149,3 +149,10 @@ def test_frozen_model_cache_follows_weight_changes():
     reference.load_state_dict(model.state_dict())
     assert not torch.allclose(first, changed)
     assert torch.allclose(changed, reference(graph)["energy"], atol=1e-12)
+
+
+def test_too_large_evaluation_fails_early_with_advice(monkeypatch):
+    model = make_model()
+    monkeypatch.setenv("OPENMACE_MEMORY_LIMIT", "1000")  # bytes
+    with pytest.raises(MemoryError, match="smaller batch"):
+        model(batch_atoms([molecule()], model.config.r_max))

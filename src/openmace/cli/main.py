@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return COMMANDS[args.command].run(args) or 0
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, MemoryError) as err:
         print(f"openmace {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -46,7 +46,8 @@ class InteractionBlock(nn.Module):
             [(channels, ir) for ir in irreps_in], irreps_in, channels
         )
         self.tensor_product = ChannelwiseTensorProduct(irreps_in, irreps_sh, irreps_target)
-        self.radial_mlp = MLP([num_radial, *radial_mlp, self.tensor_product.num_paths * channels])
+        self.radial_mlp_sizes = [num_radial, *radial_mlp, self.tensor_product.num_paths * channels]
+        self.radial_mlp = MLP(self.radial_mlp_sizes)
         self.linear = EquivariantLinear(
             [(n * channels, ir) for n, ir in self.tensor_product.irreps_mid],
             irreps_target,

@@ -19,6 +19,7 @@ from torch import nn
 from openmace.data.graph import Graph
 from openmace.model.config import MACEConfig
 from openmace.model.interaction import InteractionBlock
+from openmace.model.memory import check_memory
 from openmace.model.product import ProductBlock
 from openmace.model.radial import RadialEmbedding, ZBLRepulsion
 from openmace.model.readout import Readout
@@ -123,6 +124,7 @@ class MACE(nn.Module):
             cell = cell + torch.bmm(cell, symmetric)
 
         sender, receiver = graph.edge_index
+        check_memory(self, len(species), sender.shape[0], leaf.element_size())
         shifts = torch.einsum("ei,eij->ej", graph.unit_shifts, cell[graph.batch[sender]])
         vectors = positions[receiver] - positions[sender] + shifts
         lengths = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
