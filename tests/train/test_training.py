@@ -164,3 +164,13 @@ def test_virials_and_huber_loss_train(tmp_path):
     data = write_xyz(tmp_path / "cu.xyz", frames)
     result = train(make_config(tmp_path, data, epochs=1, loss="huber", virials_weight=1.0))
     assert result.model_path.exists()
+
+
+def test_same_seed_same_weights_other_seed_differs(tmp_path):
+    data = write_xyz(tmp_path / "train.xyz", molecules(10))
+    models = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        result = train(make_config(tmp_path / name, data, epochs=2, seed=seed))
+        models.append(load_model(result.model_path).state_dict())
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+    assert not all(torch.equal(models[0][k], models[2][k]) for k in models[0])
