@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from dataclasses import fields
 
@@ -65,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
 
     known = {f.name for f in fields(TrainConfig)}
     flags = {k: v for k, v in vars(args).items() if k in known}
+    # Ctrl-C must stop training cleanly even when started from a context that ignores SIGINT
+    # (background jobs of non-interactive shells inherit SIG_IGN)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     file_values = load_config_file(args.config) if args.config else {}
     cfg = build_config(file_values, flags)
     logging.getLogger("openmace").setLevel(logging.INFO)
