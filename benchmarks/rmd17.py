@@ -209,13 +209,51 @@ def parse_mace_log(log: Path, atoms: int) -> dict:
     first = datetime.strptime(start.group(1), "%Y-%m-%d %H:%M:%S.%f") if start else stamps[0]
     epoch_s = (stamps[-1] - first).total_seconds() / len(stamps)
     test = text.split("Error-table on TEST")[-1]
-    row = re.search(r"\|\s*Default_?\w*\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|", test)
+    row = re.search(r"^\|\s*[\w-]+\s*\|\s*([\d.]+)\s*\|\s*([\d.]+)\s*\|", test, re.M)
     return {
         "E": float(row.group(1)),
         "F": float(row.group(2)),
         "epoch_s": epoch_s,
         "epochs": len(stamps),
     }
+
+
+def precise_mace_errors(args, log: Path) -> dict | None:
+    """mace-torch prints one decimal; convert its final model (openmace must be importable in
+    the mace-torch venv: ``pip install --no-deps -e .``) and evaluate it exactly in float64."""
+    model = log.parent / f"mace_{args.molecule}.model"
+    if not (args.mace_python and model.exists()):
+        return None
+    converted = log.parent / "converted.safetensors"
+    env = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [args.mace_python, "-m", "openmace.cli.main", "convert", str(model), "-o", str(converted)],
+        env=env,
+        capture_output=True,
+    )
+    if done.returncode != 0:
+        return None
+    out = log.parent / "test_predicted.xyz"
+    text = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "openmace.cli.main",
+            "eval",
+            "--model",
+            str(converted),
+            "--configs",
+            str(args.data / f"{args.molecule}_test.xyz"),
+            "--output",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    row = [line.split() for line in text.splitlines() if line.startswith("eval")][0]
+    return {"E": float(row[3]), "F": float(row[5])}
 
 
 def main() -> None:
@@ -243,6 +281,9 @@ def main() -> None:
         log = run_mace(args, e0s, args.work / f"mace_{args.molecule}")
     if log is not None:
         rows["mace-torch 0.3.16"] = parse_mace_log(log, atoms)
+        precise = precise_mace_errors(args, log)
+        if precise:
+            rows["mace-torch 0.3.16"].update(precise)
     e_paper, f_paper = PAPER.get(args.molecule, (float("nan"), float("nan")))
     print(f"rMD17 {args.molecule}: test MAE, {args.epochs} epochs, {args.threads} thread(s)")
     print(

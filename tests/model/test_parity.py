@@ -72,3 +72,27 @@ def test_sign_convention_matters_for_mixed_parity_models(parity_dirs, monkeypatc
         forces = wrong(batch_atoms([atoms], wrong.config.r_max))["forces"]
         worst = max(worst, (forces - torch.tensor(ref["forces"])).abs().max().item())
     assert worst > 1e-8  # fails the parity tolerance without the sign table
+
+
+def test_float32_mace_torch_model_converts(parity_dirs, tmp_path):
+    """Models trained in float32 store float32 coupling tensors; conversion must accept their
+    rounding and reproduce the float64 reference to float32 precision."""
+    import json as _json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    source = parity_dirs["p2_molecular_L1"]
+    folder = tmp_path / "p2_float32"
+    folder.mkdir()
+    shutil.copy(source / "config.json", folder / "config.json")
+    state = load_file(str(source / "weights.safetensors"))
+    save_file(
+        {k: v.float() if v.is_floating_point() else v for k, v in state.items()},
+        str(folder / "weights.safetensors"),
+    )
+    model = load_mace_torch(folder)
+    atoms = read(source / "structures.xyz", 0)
+    reference = _json.loads((source / "reference.json").read_text())["structures"][0]
+    energy = model(batch_atoms([atoms], model.config.r_max))["energy"].item()
+    assert abs(energy - reference["energy"]) / len(atoms) < 1e-5
