@@ -29,13 +29,6 @@ class Irrep(NamedTuple):
     def __str__(self) -> str:
         return f"{self.l}{'e' if self.p == 1 else 'o'}"
 
-    @classmethod
-    def parse(cls, text: str) -> Irrep:
-        match = _IRREP.match(text)
-        if match is None or match.group(1) is not None:
-            raise ValueError(f"not an irrep: {text!r} (expected e.g. '1o')")
-        return cls(int(match.group(2)), 1 if match.group(3) == "e" else -1)
-
     def __mul__(self, other: Irrep) -> list[Irrep]:  # type: ignore[override]
         """Irreps in the tensor product of two irreps (selection rule)."""
         p = self.p * other.p

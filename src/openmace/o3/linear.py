@@ -20,6 +20,23 @@ def split_irreps(x: torch.Tensor, irreps: list[Irrep] | tuple[Irrep, ...]) -> li
     return list(x.split([ir.dim for ir in irreps], dim=-1))
 
 
+def _assemble(
+    outs: list[torch.Tensor | None],
+    irreps_out: tuple[Irrep, ...],
+    ref: torch.Tensor,
+    n: int,
+    channels: int,
+) -> torch.Tensor:
+    """Concatenate per-irrep outputs; irreps without an input path are zero."""
+    return torch.cat(
+        [
+            o if o is not None else ref.new_zeros(n, channels, ir.dim)
+            for o, ir in zip(outs, irreps_out)
+        ],
+        dim=-1,
+    )
+
+
 class EquivariantLinear(nn.Module):
     """Linear map from blocks ``[(mul_in, irrep)]`` to ``channels_out x irreps_out``.
 
@@ -53,14 +70,7 @@ class EquivariantLinear(nn.Module):
         outs: list[torch.Tensor | None] = [None] * len(self.irreps_out)
         for (i, j), w in zip(self.paths, self.weights):
             outs[j] = torch.einsum("nim,io->nom", blocks[i], w) * w.shape[0] ** -0.5
-        ref = blocks[0]
-        return torch.cat(
-            [
-                o if o is not None else ref.new_zeros(n, self.channels_out, ir.dim)
-                for o, ir in zip(outs, self.irreps_out)
-            ],
-            dim=-1,
-        )
+        return _assemble(outs, self.irreps_out, blocks[0], n, self.channels_out)
 
 
 class ElementGroups:
@@ -118,19 +128,12 @@ class ElementLinear(nn.Module):
                 )
 
     def forward(self, x: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
-        dims = [ir.dim for ir in self.irreps_out]
 
         def per_element(element: int, xe: torch.Tensor) -> torch.Tensor:
             outs: list[torch.Tensor | None] = [None] * len(self.irreps_out)
             parts = split_irreps(xe, self.irreps_in)
             for (i, j), w in zip(self.paths, self.weights):
                 outs[j] = torch.einsum("nim,io->nom", parts[i], w[element])
-            return torch.cat(
-                [
-                    o if o is not None else xe.new_zeros(xe.shape[0], self.channels_out, d)
-                    for o, d in zip(outs, dims)
-                ],
-                dim=-1,
-            )
+            return _assemble(outs, self.irreps_out, xe, xe.shape[0], self.channels_out)
 
         return groups.apply(x, per_element) * self.norm
