@@ -3,7 +3,8 @@
     python benchmarks/rmd17.py --data /path/to/rmd17 --molecule ethanol --epochs 60 \
         [--mace-python /path/to/venv-mace/bin/python] [--threads 1]
 
-Trains on ``<mol>_train.xyz`` (950 train / 50 validation, random split), tests on
+Trains on ``<mol>_train.xyz`` (950 train / 50 validation: one random split written to files that
+both codes read), the two codes concurrently; tests on
 ``<mol>_test.xyz`` (1000 structures). Model: 64x0e+64x1o, max_ell 3, correlation 3, r_max 5 Å,
 2 layers, residual first layer, per-atom energy shift = training mean (mace-torch's
 ``--model ScaleShiftMACE``; its ``--model MACE`` sets the shift to 0), batch 5, lr 0.01 AMSGrad,
@@ -20,7 +21,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -50,8 +50,27 @@ def elements_of(path: Path) -> set[int]:
     return {int(z) for a in read(path, ":50") for z in a.numbers}
 
 
-def run_openmace(args, e0s, work: Path) -> dict:
-    train = args.data / f"{args.molecule}_train.xyz"
+def write_split(args) -> tuple[Path, Path]:
+    """One random 950/50 split (seed 1) written to files that both codes read, so they train
+    and validate on exactly the same structures."""
+    import numpy as np
+    from ase.io import read, write
+
+    folder = args.work / f"split_{args.molecule}"
+    train, valid = folder / "train.xyz", folder / "valid.xyz"
+    if train.exists() and valid.exists():
+        return train, valid
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = read(args.data / f"{args.molecule}_train.xyz", ":")
+    order = np.random.default_rng(1).permutation(len(frames))
+    n_valid = round(0.05 * len(frames))
+    write(valid, [frames[i] for i in order[:n_valid]], format="extxyz")
+    write(train, [frames[i] for i in order[n_valid:]], format="extxyz")
+    return train, valid
+
+
+def openmace_command(args, e0s, work: Path, train: Path, valid: Path) -> list[str] | None:
+    """The openmace training command, or None when a finished run is to be reused."""
     cmd = [
         sys.executable,
         "-m",
@@ -59,10 +78,10 @@ def run_openmace(args, e0s, work: Path) -> dict:
         "train",
         "--train-file",
         str(train),
+        "--valid-file",
+        str(valid),
         "--test-file",
         str(args.data / f"{args.molecule}_test.xyz"),
-        "--valid-fraction",
-        "0.05",
         "--e0s",
         json.dumps(e0s),
         "--channels",
@@ -109,10 +128,14 @@ def run_openmace(args, e0s, work: Path) -> dict:
         and log.exists()
         and (json.loads(log.read_text().splitlines()[-1])["epoch"] >= args.epochs)
     )
-    if not finished:  # a finished run is only read
-        if (work / "checkpoints" / f"{args.molecule}.ckpt").exists():
-            cmd.append("--resume")
-        subprocess.run(cmd, check=True)
+    if finished:  # a finished run is only read
+        return None
+    if (work / "checkpoints" / f"{args.molecule}.ckpt").exists():
+        cmd.append("--resume")
+    return cmd
+
+
+def openmace_results(args, work: Path) -> dict:
     errors = json.loads((work / f"{args.molecule}.errors.json").read_text())["test"][-1]
     history = [
         json.loads(x) for x in (work / f"{args.molecule}.log.jsonl").read_text().split("\n") if x
@@ -125,9 +148,9 @@ def run_openmace(args, e0s, work: Path) -> dict:
     }
 
 
-def run_mace(args, e0s, work: Path) -> Path:
+def start_mace(args, e0s, work: Path, train: Path, valid: Path) -> subprocess.Popen:
     work.mkdir(parents=True, exist_ok=True)
-    present = elements_of(args.data / f"{args.molecule}_train.xyz")
+    present = elements_of(train)
     e0_text = "{" + ", ".join(f"{z}: {e}" for z, e in e0s.items() if z in present) + "}"
     cmd = [
         args.mace_python,
@@ -138,9 +161,9 @@ def run_mace(args, e0s, work: Path) -> Path:
         "--seed",
         "1",
         "--train_file",
-        str(args.data / f"{args.molecule}_train.xyz"),
-        "--valid_fraction",
-        "0.05",
+        str(train.resolve()),
+        "--valid_file",
+        str(valid.resolve()),
         "--test_file",
         str(args.data / f"{args.molecule}_test.xyz"),
         "--E0s",
@@ -193,10 +216,8 @@ def run_mace(args, e0s, work: Path) -> Path:
         "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
         "PATH": "/usr/bin:/bin",
     }
-    log = work / "mace.log"
-    with open(log, "w") as fh:
-        subprocess.run(cmd, cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT, check=True)
-    return log
+    with open(work / "mace.log", "w") as fh:
+        return subprocess.Popen(cmd, cwd=work, env=env, stdout=fh, stderr=subprocess.STDOUT)
 
 
 def parse_mace_log(log: Path, atoms: int) -> dict:
@@ -271,14 +292,26 @@ def main() -> None:
     from ase.io import read
 
     atoms = len(read(args.data / f"{args.molecule}_test.xyz", 0))
-    rows = {}
-    if not args.skip_openmace:
-        start = time.time()
-        rows["openmace"] = run_openmace(args, e0s, args.work / f"openmace_{args.molecule}")
-        rows["openmace"]["wall_min"] = (time.time() - start) / 60
+    train, valid = write_split(args)
+    ours_work, mace_work = (
+        args.work / f"openmace_{args.molecule}",
+        args.work / f"mace_{args.molecule}",
+    )
+    # the two trainings run at the same time (one core each with --threads 1): same load
+    jobs = []
+    cmd = None if args.skip_openmace else openmace_command(args, e0s, ours_work, train, valid)
+    if cmd:
+        jobs.append(subprocess.Popen(cmd))
     log = args.mace_log
     if log is None and args.mace_python:
-        log = run_mace(args, e0s, args.work / f"mace_{args.molecule}")
+        jobs.append(start_mace(args, e0s, mace_work, train, valid))
+        log = mace_work / "mace.log"
+    for job in jobs:
+        if job.wait() != 0:
+            raise SystemExit(f"training failed: {job.args}")
+    rows = {}
+    if not args.skip_openmace:
+        rows["openmace"] = openmace_results(args, ours_work)
     if log is not None:
         rows["mace-torch 0.3.16"] = parse_mace_log(log, atoms)
         precise = precise_mace_errors(args, log)

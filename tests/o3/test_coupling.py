@@ -103,3 +103,32 @@ def test_bundled_demo_model_reproduces_its_mace_torch_reference(parity_dirs):
     for atoms, ref in zip(read(folder / "structures.xyz", ":"), load_reference(folder)):
         energy = model(batch_atoms([atoms], model.config.r_max))["energy"].item()
         assert abs(energy - ref["energy"]) / len(atoms) < 1e-9
+
+
+def test_path_count_equals_mace_torch_weights_per_tree(parity_dirs):
+    """The init scale uses the number of coupling trees; mace-torch stores one weight per tree,
+    so the count must equal the U-matrix widths of every real mace-torch state dict."""
+    from safetensors.torch import load_file
+
+    from openmace.io.mace_torch import load_mace_torch
+    from openmace.o3.coupling import coupling_path_count
+
+    checked = 0
+    for folder in parity_dirs.values():
+        state = load_file(folder / "weights.safetensors")
+        model = load_mace_torch(folder)
+        for layer, product in enumerate(model.products):
+            contraction = product.contraction
+            for j, ir in enumerate(contraction.irreps_out):
+                for nu in range(1, contraction.correlation + 1):
+                    prefix = f"products.{layer}.symmetric_contractions.contractions.{j}"
+                    u = state[f"{prefix}.U_matrix_{nu}"]
+                    count = coupling_path_count(contraction.irreps_in, ir, nu)
+                    if not u.any():  # mace-torch keeps a zero U when there is no tree
+                        assert count == 0
+                        continue
+                    if nu <= 3:  # for ν = 4 mace-torch drops trees through 1e, 2o, ...
+                        assert count == u.shape[-1], (folder.name, prefix, nu)
+                    assert count >= coupling_basis(contraction.irreps_in, ir, nu).size
+                    checked += 1
+    assert checked > 20

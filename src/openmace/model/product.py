@@ -24,7 +24,7 @@ from openmace.o3 import (
     irreps_dim,
     split_irreps,
 )
-from openmace.o3.coupling import monomial_recursion, monomials
+from openmace.o3.coupling import coupling_path_count, monomial_recursion, monomials
 
 
 class SymmetricContraction(nn.Module):
@@ -76,8 +76,12 @@ class SymmetricContraction(nn.Module):
                     dense[:, :, top_slot] = coefficients
                     coefficients = dense
                 self.register_buffer(f"U_{key}", coefficients.to(dtype), persistent=False)
+                # std 1/(number of coupling trees): the same initial distribution of
+                # polynomials as mace-torch's one-weight-per-tree parameterisation (whose
+                # tree polynomials form a tight frame of our orthonormal basis)
+                paths = coupling_path_count(tuple(irreps_in), ir, nu)
                 self.weights[key] = nn.Parameter(
-                    torch.randn(num_elements, basis.size, channels) / basis.size
+                    torch.randn(num_elements, basis.size, channels) / paths
                 )
 
     def _coupled(self, degrees: range, width: int) -> torch.Tensor:

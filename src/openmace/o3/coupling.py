@@ -183,6 +183,27 @@ def coupling_basis(
     return CouplingBasis(irreps_in, irrep_out, degree, coeffs * irrep_out.dim**0.5)
 
 
+@cache
+def coupling_path_count(irreps_in: tuple[Irrep, ...], irrep_out: Irrep, degree: int) -> int:
+    """Number of ordered coupling trees ``((l1 ⊗ l2) ⊗ l3) ⊗ ... → L`` of eq. 14.
+
+    Each tree gives one (generally redundant) polynomial; mace-torch keeps one weight per tree,
+    we keep one per independent polynomial (:func:`coupling_basis`). The tree count sets the
+    initial weight scale so that a new model starts from the same distribution of polynomials.
+    (For ν = 4 mace-torch also drops trees through unnatural-parity intermediates such as 1e;
+    we count all trees: an init-scale difference of a few per cent.)
+    """
+    counts = dict(Counter(irreps_in))
+    for _ in range(degree - 1):
+        new: dict[Irrep, int] = {}
+        for ir_a, n in counts.items():
+            for ir_b in irreps_in:
+                for ir_c in ir_a * ir_b:
+                    new[ir_c] = new.get(ir_c, 0) + n
+        counts = new
+    return counts.get(irrep_out, 0)
+
+
 def symmetric_tensor(basis: CouplingBasis) -> torch.Tensor:
     """Dense symmetric tensor ``U[k, M, i1, ..., iν]`` of a basis (for tests; small cases only)."""
     dim = sum(ir.dim for ir in basis.irreps_in)
