@@ -129,6 +129,20 @@ def test_float32_matches_float64():
     assert torch.allclose(e32.double(), e64, rtol=1e-5)
 
 
+def test_float64_model_does_not_depend_on_the_global_default_dtype():
+    model = make_model(pair_repulsion=True)  # ZBL multiplies atomic numbers by constants
+    graph = batch_atoms([molecule(), triclinic_cell()], model.config.r_max)
+    reference = model(graph)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        out = model(graph)
+    finally:
+        torch.set_default_dtype(previous)
+    assert torch.equal(out["energy"], reference["energy"])
+    assert torch.equal(out["forces"], reference["forces"])
+
+
 def test_unknown_element_is_a_clear_error():
     model = make_model()
     with pytest.raises(ValueError, match=r"atomic number\(s\) \[26\] not in this model"):

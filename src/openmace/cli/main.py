@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from openmace.cli import convert, demo, eval, info, md, train
+from openmace.cli import convert, demo, eval, export, info, md, train
 
 COMMANDS = {
     "train": train,
@@ -14,6 +14,7 @@ COMMANDS = {
     "md": md,
     "demo": demo,
     "convert": convert,
+    "export": export,
     "info": info,
 }
 

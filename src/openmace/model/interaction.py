@@ -19,7 +19,6 @@ from openmace.o3 import (
     ElementLinear,
     EquivariantLinear,
     Irrep,
-    split_irreps,
 )
 
 
@@ -40,6 +39,7 @@ class InteractionBlock(nn.Module):
         super().__init__()
         self.irreps_in, self.irreps_target = irreps_in, irreps_target
         self.channels = channels
+        self.dims_in = [ir.dim for ir in irreps_in]
         self.avg_num_neighbors = avg_num_neighbors
         self.residual = residual
         self.linear_up = EquivariantLinear(
@@ -70,13 +70,15 @@ class InteractionBlock(nn.Module):
         receiver: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``h [n, c, dim_in]`` → (A-features ``[n, c, dim_target]``, residual or None)."""
-        residual = self.skip(h, groups) if self.residual else None
-        x = self.linear_up(split_irreps(h, self.irreps_in))
+        residual: torch.Tensor | None = None
+        if self.residual:
+            residual = self.skip(h, groups)
+        x = self.linear_up(h.split(self.dims_in, dim=-1))
         weights = self.radial_mlp(radial).view(
             radial.shape[0], self.tensor_product.num_paths, self.channels
         )
         messages = self.tensor_product(x[sender], sh, weights)
-        pooled = messages.new_zeros(h.shape[0], *messages.shape[1:])
+        pooled = messages.new_zeros((h.shape[0], messages.shape[1], messages.shape[2]))
         pooled = pooled.index_add(0, receiver, messages)
         a = self.linear(self.tensor_product.split_mid(pooled)) / self.avg_num_neighbors
         if not self.residual:

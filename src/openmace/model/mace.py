@@ -23,7 +23,7 @@ from openmace.model.memory import check_memory
 from openmace.model.product import ProductBlock
 from openmace.model.radial import RadialEmbedding, ZBLRepulsion
 from openmace.model.readout import Readout
-from openmace.o3 import ElementGroups, Irrep, spherical_harmonics, spherical_harmonics_irreps
+from openmace.o3 import Irrep, SphericalHarmonics, element_groups, spherical_harmonics_irreps
 
 
 def _a_feature_irreps(config: MACEConfig, first: bool) -> tuple[Irrep, ...]:
@@ -57,6 +57,8 @@ class MACE(nn.Module):
             ZBLRepulsion(config.num_polynomial_cutoff) if config.pair_repulsion else None
         )
         self.irreps_sh = tuple(spherical_harmonics_irreps(config.max_ell))
+        self.spherical_harmonics = SphericalHarmonics(config.max_ell)
+        self.scale, self.shift = float(config.scale), float(config.shift)
 
         self.interactions = nn.ModuleList()
         self.products = nn.ModuleList()
@@ -90,13 +92,20 @@ class MACE(nn.Module):
         """Element index of each atom; clear error for elements the model does not know."""
         index = self.z_to_index[atomic_numbers.clamp(0, 118)]
         if bool((index < 0).any()) or bool((atomic_numbers > 118).any()):
-            unknown = sorted(set(atomic_numbers[index < 0].tolist()))
-            raise ValueError(
-                f"atomic number(s) {unknown} not in this model's elements "
-                f"{self.config.atomic_numbers}"
-            )
+            if torch.jit.is_scripting():
+                raise ValueError("atomic number(s) not in this model's elements")
+            else:
+                self._unknown_elements(atomic_numbers, index)
         return index
 
+    @torch.jit.unused
+    def _unknown_elements(self, atomic_numbers: torch.Tensor, index: torch.Tensor) -> None:
+        unknown = sorted(set(atomic_numbers[(index < 0) | (atomic_numbers > 118)].tolist()))
+        raise ValueError(
+            f"atomic number(s) {unknown} not in this model's elements {self.config.atomic_numbers}"
+        )
+
+    @torch.jit.unused
     def forward(
         self,
         graph: Graph,
@@ -107,57 +116,101 @@ class MACE(nn.Module):
         """Energies (eV), per-atom energies including E0 (eV), forces (eV/Å) and, on request,
         virials (eV, ``-∂E/∂ε``) and stress (eV/Å³, ``(1/V) ∂E/∂ε``; zero for structures that
         are not periodic in all three directions) of every graph in the batch."""
-        dtype = self.atomic_energies.dtype
-        graph = graph.to(device=self.atomic_energies.device, dtype=dtype)
-        species = self.species(graph.atomic_numbers)
-        groups = ElementGroups(species, self.num_elements)
-        leaf, cell = graph.positions.detach(), graph.cell
-        strain = None
+        graph = graph.to(device=self.atomic_energies.device, dtype=self.atomic_energies.dtype)
+        check_memory(
+            self,
+            graph.positions.shape[0],
+            graph.edge_index.shape[1],
+            graph.positions.element_size(),
+        )
+        return self.compute(
+            graph.positions,
+            graph.atomic_numbers,
+            graph.cell,
+            graph.pbc,
+            graph.edge_index,
+            graph.unit_shifts,
+            graph.batch,
+            graph.num_graphs,
+            compute_forces,
+            compute_stress,
+            training,
+        )
+
+    @torch.jit.export
+    def compute(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        edge_index: torch.Tensor,
+        unit_shifts: torch.Tensor,
+        batch: torch.Tensor,
+        num_graphs: int,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        training: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`forward` on plain tensors (the fields of :class:`Graph`, already on the
+        model's device and dtype); the entry point of the TorchScript export."""
+        species = self.species(atomic_numbers)
+        groups = element_groups(species, self.num_elements)
+        leaf, unstrained_cell = positions.detach(), cell
+        strain: torch.Tensor | None = None
         if compute_forces or compute_stress:
             leaf.requires_grad_(True)
         positions = leaf
         if compute_stress:
-            strain = torch.zeros(graph.num_graphs, 3, 3, dtype=dtype, device=positions.device)
-            strain.requires_grad_(True)
+            strain = torch.zeros(
+                (num_graphs, 3, 3), dtype=positions.dtype, device=positions.device
+            ).requires_grad_(True)
             symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[graph.batch])
+            positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[batch])
             cell = cell + torch.bmm(cell, symmetric)
 
-        sender, receiver = graph.edge_index
-        check_memory(self, len(species), sender.shape[0], leaf.element_size())
-        shifts = torch.einsum("ei,eij->ej", graph.unit_shifts, cell[graph.batch[sender]])
+        sender, receiver = edge_index[0], edge_index[1]
+        shifts = torch.einsum("ei,eij->ej", unit_shifts, cell[batch[sender]])
         vectors = positions[receiver] - positions[sender] + shifts
         lengths = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
-        sh = spherical_harmonics(self.config.max_ell, vectors)
+        sh = self.spherical_harmonics(vectors)
         radial = self.radial(lengths)
 
         num_atoms = positions.shape[0]
         site = positions.new_zeros(num_atoms)
         if self.pair_repulsion is not None:
-            z = graph.atomic_numbers
-            site = site + self.pair_repulsion(lengths, z[sender], z[receiver], num_atoms, receiver)
+            site = site + self.pair_repulsion(
+                lengths, atomic_numbers[sender], atomic_numbers[receiver], num_atoms, receiver
+            )
         h = (self.embedding * self.num_elements**-0.5)[species].unsqueeze(-1)
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
             a, residual = interaction(h, groups, sh, radial, sender, receiver)
             h = product(a, groups, residual)
             site = site + readout(h)
 
-        node_energy = self.atomic_energies[species] + self.config.scale * site + self.config.shift
-        energy = positions.new_zeros(graph.num_graphs).index_add(0, graph.batch, node_energy)
+        node_energy = self.atomic_energies[species] + self.scale * site + self.shift
+        energy = positions.new_zeros(num_graphs).index_add(0, batch, node_energy)
         out = {"energy": energy, "node_energy": node_energy}
         if compute_forces or compute_stress:
-            inputs = [leaf] if strain is None else [leaf, strain]
-            grads = torch.autograd.grad(
-                energy.sum(), inputs, create_graph=training, allow_unused=True
-            )
-            out["forces"] = -grads[0] if grads[0] is not None else torch.zeros_like(leaf)
+            inputs = [leaf]
             if strain is not None:
-                de_dstrain = grads[1] if grads[1] is not None else torch.zeros_like(strain)
-                periodic = graph.pbc.all(dim=1)
-                volume = torch.where(periodic, torch.linalg.det(graph.cell).abs(), 1.0)
+                inputs.append(strain)
+            grads = torch.autograd.grad(
+                [energy.sum()], inputs, create_graph=training, allow_unused=True
+            )
+            force_grad = grads[0]
+            out["forces"] = -force_grad if force_grad is not None else torch.zeros_like(leaf)
+            if strain is not None:
+                strain_grad = grads[1]
+                de_dstrain = strain_grad if strain_grad is not None else torch.zeros_like(strain)
+                periodic = pbc.all(dim=1)
+                volume = torch.linalg.det(unstrained_cell).abs()
+                volume = torch.where(periodic, volume, torch.ones_like(volume))
                 out["virials"] = -de_dstrain
                 # stress is defined for fully periodic structures only; zero elsewhere
                 out["stress"] = torch.where(
-                    periodic.view(-1, 1, 1), de_dstrain / volume.view(-1, 1, 1), 0.0
+                    periodic.view(-1, 1, 1),
+                    de_dstrain / volume.view(-1, 1, 1),
+                    torch.zeros_like(de_dstrain),
                 )
         return out

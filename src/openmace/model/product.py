@@ -16,15 +16,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from openmace.o3 import (
-    ElementGroups,
-    EquivariantLinear,
-    Irrep,
-    coupling_basis,
-    irreps_dim,
-    split_irreps,
-)
+from openmace.o3 import ElementGroups, EquivariantLinear, Irrep, coupling_basis, irreps_dim
 from openmace.o3.coupling import coupling_path_count, monomial_recursion, monomials
+from openmace.o3.linear import merge_by_element, split_by_element
+
+
+class MonomialStep(nn.Module):
+    """Degree-ν monomials from degree ν-1: one multiplication each (``prefix · last``)."""
+
+    def __init__(self, dim: int, degree: int) -> None:
+        super().__init__()
+        prefix, last = monomial_recursion(dim, degree)
+        self.register_buffer("prefix", prefix, persistent=False)
+        self.register_buffer("last", last, persistent=False)
+
+    def forward(self, lower: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return lower.index_select(-1, self.prefix) * a.index_select(-1, self.last)
 
 
 class SymmetricContraction(nn.Module):
@@ -53,16 +60,17 @@ class SymmetricContraction(nn.Module):
         # counts of canonical monomials of degree 1 .. ν-1 ("low"), and of the top degree's
         # dense (degree ν-1 monomial, last factor) layout
         self.low_counts = [len(monomials(dim, nu)) for nu in range(1, correlation)]
+        self.n_prev = self.low_counts[-1] if self.low_counts else 0  # degree ν-1 monomials
         self.top_prefix = len(monomials(dim, correlation - 1)) if correlation > 1 else 1
-        for nu in range(2, correlation):
-            prefix, last = monomial_recursion(dim, nu)
-            self.register_buffer(f"prefix_{nu}", prefix, persistent=False)
-            self.register_buffer(f"last_{nu}", last, persistent=False)
+        self.steps = nn.ModuleList([MonomialStep(dim, nu) for nu in range(2, correlation)])
         if correlation > 1:
             prefix, last = monomial_recursion(dim, correlation)
             top_slot = prefix * dim + last
         dtype = torch.get_default_dtype()
         self._cache: dict = {}
+        # contracted weights of a frozen copy (see freeze()); empty while training
+        self.register_buffer("frozen_top", torch.zeros(0, dtype=dtype), persistent=False)
+        self.register_buffer("frozen_low", torch.zeros(0, dtype=dtype), persistent=False)
         self.weights = nn.ParameterDict()
         for j, ir in enumerate(irreps_out):
             for nu in range(1, correlation + 1):
@@ -84,6 +92,7 @@ class SymmetricContraction(nn.Module):
                     torch.randn(num_elements, basis.size, channels) / paths
                 )
 
+    @torch.jit.unused
     def _coupled(self, degrees: range, width: int) -> torch.Tensor:
         """Weights contracted with the basis for the given degrees: ``[z, c, M_out, width]``.
 
@@ -100,6 +109,7 @@ class SymmetricContraction(nn.Module):
             self._cache[(degrees, width)] = cached
         return cached[1]
 
+    @torch.jit.unused
     def _contract_weights(self, degrees: range, width: int) -> torch.Tensor:
         ref = next(iter(self.weights.values()))
         rows = []
@@ -120,43 +130,62 @@ class SymmetricContraction(nn.Module):
             )
         return torch.cat(rows, dim=2)
 
+    @torch.jit.unused
+    def _contracted(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(top-degree weights ``[z, c, M, prefix, dim]`` or ``[z, c, M, dim]`` for ν = 1,
+        lower-degree weights ``[z, c, M, n_low]``) contracted with the coupling basis."""
+        if self.correlation == 1:
+            return self._coupled(range(1, 2), self.dim), self.frozen_low
+        top = self._coupled(
+            range(self.correlation, self.correlation + 1), self.top_prefix * self.dim
+        )
+        top = top.reshape(*top.shape[:3], self.top_prefix, self.dim)
+        return top, self._coupled(range(1, self.correlation), 0)
+
+    def freeze(self) -> None:
+        """Store the contracted weights as buffers: the form TorchScript export runs with."""
+        with torch.no_grad():
+            top, low = self._contracted()
+        self.frozen_top, self.frozen_low = top.detach().clone(), low.detach().clone()
+
     def _low_monomials(self, a: torch.Tensor) -> list[torch.Tensor]:
         out = [a]
-        for nu in range(2, self.correlation):
-            out.append(
-                out[-1][..., getattr(self, f"prefix_{nu}")] * a[..., getattr(self, f"last_{nu}")]
-            )
+        for step in self.steps:
+            out.append(step(out[-1], a))
         return out
 
     def forward(self, a: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
         """``a [n, c, dim_in]`` → ``[n, c, dim_out]``."""
+        if torch.jit.is_scripting():
+            p_top, p_low = self.frozen_top, self.frozen_low
+        else:
+            p_top, p_low = self._contracted()
+        outs: list[torch.Tensor] = []
         if self.correlation == 1:
-            p1 = self._coupled(range(1, 2), self.dim)
-            return groups.apply(a, lambda e, x: torch.einsum("bcn,cmn->bcm", x, p1[e]))
+            for element, x in split_by_element(a, groups):
+                outs.append(torch.einsum("bcn,cmn->bcm", x, p_top[element]))
+            return merge_by_element(outs, groups)
         low = self._low_monomials(a)
         # top degree: P_top[z, c, M, m, j]; lower degrees: P_low[z, c, M, n]
-        p_top = self._coupled(
-            range(self.correlation, self.correlation + 1), self.top_prefix * self.dim
-        )
-        p_top = p_top.reshape(*p_top.shape[:3], self.top_prefix, self.dim)
-        p_low = self._coupled(range(1, self.correlation), 0)
         # degree ν-1 coefficients join the Horner step: Q = P_top · A + P_{ν-1}
-        n_prev = self.low_counts[-1]
-        p_prev = p_low[..., -n_prev:]
-        p_rest = p_low[..., :-n_prev]
-        rest = low[:-1]
+        split = p_low.shape[-1] - self.n_prev
+        p_prev, p_rest = p_low[..., split:], p_low[..., :split]
+        packed = torch.cat([a, low[-1]] + low[:-1], dim=-1)  # A, degree ν-1, degrees 1..ν-2
+        for element, x in split_by_element(packed, groups):
+            outs.append(self._one_element(x, p_top[element], p_prev[element], p_rest[element]))
+        return merge_by_element(outs, groups)
 
-        def per_element(element: int, x: torch.Tensor) -> torch.Tensor:
-            a_e, prev_e = x[..., : self.dim], x[..., self.dim : self.dim + n_prev]
-            q = torch.einsum("cMmj,bcj->bcMm", p_top[element], a_e) + p_prev[element]
-            out = torch.einsum("bcMm,bcm->bcM", q, prev_e)
-            if rest:
-                r = x[..., self.dim + n_prev :]
-                out = out + torch.einsum("bcn,cMn->bcM", r, p_rest[element])
-            return out
-
-        packed = torch.cat([a, low[-1], *rest], dim=-1) if rest else torch.cat([a, low[-1]], -1)
-        return groups.apply(packed, per_element)
+    def _one_element(
+        self, x: torch.Tensor, p_top: torch.Tensor, p_prev: torch.Tensor, p_rest: torch.Tensor
+    ) -> torch.Tensor:
+        n_prev = self.n_prev
+        a, prev = x[..., : self.dim], x[..., self.dim : self.dim + n_prev]
+        q = torch.einsum("cMmj,bcj->bcMm", p_top, a) + p_prev
+        out = torch.einsum("bcMm,bcm->bcM", q, prev)
+        if p_rest.shape[-1] > 0:
+            rest = x[..., self.dim + n_prev :]
+            out = out + torch.einsum("bcn,cMn->bcM", rest, p_rest)
+        return out
 
 
 class ProductBlock(nn.Module):
@@ -172,6 +201,7 @@ class ProductBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.irreps_out = irreps_out
+        self.dims_out = [ir.dim for ir in irreps_out]
         self.contraction = SymmetricContraction(
             irreps_in, irreps_out, channels, correlation, num_elements
         )
@@ -180,5 +210,5 @@ class ProductBlock(nn.Module):
     def forward(
         self, a: torch.Tensor, groups: ElementGroups, residual: torch.Tensor | None
     ) -> torch.Tensor:
-        h = self.linear(split_irreps(self.contraction(a, groups), self.irreps_out))
+        h = self.linear(self.contraction(a, groups).split(self.dims_out, dim=-1))
         return h if residual is None else h + residual

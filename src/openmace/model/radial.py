@@ -25,10 +25,9 @@ class BesselBasis(nn.Module):
         return self.prefactor * torch.sin(self.frequencies * r) / r
 
 
-def polynomial_cutoff(r: torch.Tensor, r_max: float | torch.Tensor, p: int) -> torch.Tensor:
-    """Smooth envelope ``f(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2)``,
-    ``x = r / r_max``: value and first two derivatives vanish at ``r_max``; zero beyond."""
-    x = r / r_max
+def polynomial_cutoff(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Smooth envelope ``f(x) = 1 - (p+1)(p+2)/2 x^p + p(p+2) x^(p+1) - p(p+1)/2 x^(p+2)`` of
+    ``x = r / r_max``: value and first two derivatives vanish at ``x = 1``; zero beyond."""
     f = (
         1.0
         - 0.5 * (p + 1.0) * (p + 2.0) * x**p
@@ -65,9 +64,10 @@ class MLP(nn.Module):
             [nn.Parameter(torch.randn(a, b)) for a, b in zip(sizes[:-1], sizes[1:])]
         )
         self.act = NormalizedSiLU()
+        self.num_layers = len(sizes) - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = len(self.weights) - 1
+        last = self.num_layers - 1
         for i, w in enumerate(self.weights):
             x = x @ (w * w.shape[0] ** -0.5)
             if i < last:
@@ -84,7 +84,7 @@ class RadialEmbedding(nn.Module):
         self.bessel = BesselBasis(r_max, num_bessel)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
-        return self.bessel(r) * polynomial_cutoff(r, self.r_max, self.p)
+        return self.bessel(r) * polynomial_cutoff(r / self.r_max, self.p)
 
 
 class ZBLRepulsion(nn.Module):
@@ -92,12 +92,11 @@ class ZBLRepulsion(nn.Module):
     covalent radii with the polynomial cutoff. Returns per-atom energies (eV), half of each
     pair energy on the receiving atom (edges come in both directions)."""
 
-    COEFFS = (0.1818, 0.5099, 0.2802, 0.02817)
-    EXPONENTS = (3.2, 0.9423, 0.4028, 0.2016)
-
     def __init__(self, p: int, a_exp: float = 0.300, a_prefactor: float = 0.4543) -> None:
         super().__init__()
         self.p = p
+        # universal screening function: Σ_k c_k exp(-d_k x)
+        self.screening = [(0.1818, 3.2), (0.5099, 0.9423), (0.2802, 0.4028), (0.02817, 0.2016)]
         self.a_exp, self.a_prefactor = a_exp, a_prefactor
         self.register_buffer(
             "covalent_radii",
@@ -114,11 +113,16 @@ class ZBLRepulsion(nn.Module):
         receiver: torch.Tensor,
     ) -> torch.Tensor:
         zs, zr = z_sender.unsqueeze(-1), z_receiver.unsqueeze(-1)
-        a = self.a_prefactor * 0.529 / (zs.to(r.dtype) ** self.a_exp + zr.to(r.dtype) ** self.a_exp)
+        # charges in the model's dtype (a Python float times an int tensor would take the
+        # global default dtype and lose precision in float64 models)
+        qs, qr = zs.to(r.dtype), zr.to(r.dtype)
+        a = self.a_prefactor * 0.529 / (qs**self.a_exp + qr**self.a_exp)
         x = r / a
-        phi = sum(c * torch.exp(-k * x) for c, k in zip(self.COEFFS, self.EXPONENTS))
-        pair = 14.3996 * zs * zr / r * phi
+        phi = torch.zeros_like(x)
+        for c, d in self.screening:
+            phi = phi + c * torch.exp(-d * x)
+        pair = 14.3996 * qs * qr / r * phi
         r_switch = self.covalent_radii[zs] + self.covalent_radii[zr]
-        pair = 0.5 * pair * polynomial_cutoff(r, r_switch, self.p)
+        pair = 0.5 * pair * polynomial_cutoff(r / r_switch, self.p)
         out = r.new_zeros(num_atoms)
         return out.index_add(0, receiver, pair.squeeze(-1))

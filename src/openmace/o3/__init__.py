@@ -4,8 +4,14 @@ equivariant linear maps and the channel-wise tensor product."""
 from openmace.o3.clebsch_gordan import clebsch_gordan, e3nn_044_sign
 from openmace.o3.coupling import CouplingBasis, coupling_basis, monomials
 from openmace.o3.irreps import FeatureIrreps, Irrep, irreps_dim, spherical_harmonics_irreps
-from openmace.o3.linear import ElementGroups, ElementLinear, EquivariantLinear, split_irreps
-from openmace.o3.spherical_harmonics import spherical_harmonics
+from openmace.o3.linear import (
+    ElementGroups,
+    ElementLinear,
+    EquivariantLinear,
+    element_groups,
+    split_irreps,
+)
+from openmace.o3.spherical_harmonics import SphericalHarmonics, spherical_harmonics
 from openmace.o3.tensor_product import ChannelwiseTensorProduct
 
 __all__ = [
@@ -19,8 +25,10 @@ __all__ = [
     "clebsch_gordan",
     "coupling_basis",
     "e3nn_044_sign",
+    "element_groups",
     "irreps_dim",
     "monomials",
+    "SphericalHarmonics",
     "spherical_harmonics",
     "spherical_harmonics_irreps",
     "split_irreps",

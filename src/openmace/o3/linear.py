@@ -8,6 +8,8 @@ atom's element: the element-dependent self-connection of eq. 12.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -20,21 +22,15 @@ def split_irreps(x: torch.Tensor, irreps: list[Irrep] | tuple[Irrep, ...]) -> li
     return list(x.split([ir.dim for ir in irreps], dim=-1))
 
 
-def _assemble(
-    outs: list[torch.Tensor | None],
-    irreps_out: tuple[Irrep, ...],
-    ref: torch.Tensor,
-    n: int,
-    channels: int,
+def assemble(
+    outs: list[torch.Tensor | None], dims: list[int], ref: torch.Tensor, channels: int
 ) -> torch.Tensor:
-    """Concatenate per-irrep outputs; irreps without an input path are zero."""
-    return torch.cat(
-        [
-            o if o is not None else ref.new_zeros(n, channels, ir.dim)
-            for o, ir in zip(outs, irreps_out)
-        ],
-        dim=-1,
-    )
+    """Concatenate per-irrep outputs ``[n, channels, d]``; a missing one (no path) is zero."""
+    blocks: list[torch.Tensor] = []
+    for k, d in enumerate(dims):
+        out = outs[k]
+        blocks.append(ref.new_zeros((ref.shape[0], channels, d)) if out is None else out)
+    return torch.cat(blocks, dim=-1)
 
 
 class EquivariantLinear(nn.Module):
@@ -56,6 +52,7 @@ class EquivariantLinear(nn.Module):
         in_index = {ir: i for i, (_, ir) in enumerate(self.irreps_in)}
         if len(in_index) != len(self.irreps_in):
             raise ValueError("EquivariantLinear: repeated input irrep")
+        self.dims_out = [ir.dim for ir in self.irreps_out]
         self.paths: list[tuple[int, int]] = []  # (input block, output block)
         self.weights = nn.ParameterList()
         for j, ir in enumerate(self.irreps_out):
@@ -66,35 +63,54 @@ class EquivariantLinear(nn.Module):
 
     def forward(self, blocks: list[torch.Tensor]) -> torch.Tensor:
         """``blocks[i]``: ``[n, mul_i, 2l_i+1]``; returns ``[n, channels_out, dim_out]``."""
-        n = blocks[0].shape[0]
-        outs: list[torch.Tensor | None] = [None] * len(self.irreps_out)
-        for (i, j), w in zip(self.paths, self.weights):
+        outs: list[torch.Tensor | None] = [None for _ in self.dims_out]
+        for k, w in enumerate(self.weights):
+            i, j = self.paths[k]
             outs[j] = torch.einsum("nim,io->nom", blocks[i], w) * w.shape[0] ** -0.5
-        return _assemble(outs, self.irreps_out, blocks[0], n, self.channels_out)
+        return assemble(outs, self.dims_out, blocks[0], self.channels_out)
 
 
-class ElementGroups:
-    """Atoms grouped by element index, to apply per-element weights with dense matmuls."""
+class ElementGroups(NamedTuple):
+    """Atoms grouped by element index, to apply per-element weights with dense matmuls.
 
-    def __init__(self, species: torch.Tensor, num_elements: int) -> None:
-        self.order = torch.argsort(species, stable=True)
-        self.inverse = torch.empty_like(self.order)
-        self.inverse[self.order] = torch.arange(len(species), device=species.device)
-        counts = torch.bincount(species, minlength=num_elements).tolist()
-        self.chunks: list[tuple[int, int, int]] = []  # (element, start, stop) in sorted order
-        start = 0
-        for element, count in enumerate(counts):
-            if count:
-                self.chunks.append((element, start, start + count))
-            start += count
+    ``order`` sorts atoms by element, ``inverse`` undoes it; ``chunks`` lists
+    ``(element, start, stop)`` in sorted order for every element present.
+    """
 
-    def apply(self, x: torch.Tensor, fn) -> torch.Tensor:
-        """``fn(element, x_of_that_element)`` for every element present, back in atom order."""
-        if len(self.chunks) == 1:
-            return fn(self.chunks[0][0], x)
-        parts = x[self.order].split([b - a for _, a, b in self.chunks], dim=0)
-        out = torch.cat([fn(e, part) for (e, _, _), part in zip(self.chunks, parts)], dim=0)
-        return out[self.inverse]
+    order: torch.Tensor
+    inverse: torch.Tensor
+    chunks: list[tuple[int, int, int]]
+
+
+def element_groups(species: torch.Tensor, num_elements: int) -> ElementGroups:
+    """Group atoms of element indices ``species [n]``."""
+    order = torch.argsort(species, stable=True)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(species.shape[0], device=species.device)
+    counts: list[int] = torch.bincount(species, minlength=num_elements).tolist()
+    chunks: list[tuple[int, int, int]] = []
+    start = 0
+    for element, count in enumerate(counts):
+        if count > 0:
+            chunks.append((element, start, start + count))
+        start += count
+    return ElementGroups(order, inverse, chunks)
+
+
+def split_by_element(x: torch.Tensor, groups: ElementGroups) -> list[tuple[int, torch.Tensor]]:
+    """``(element, rows of x of that element)`` for every element present."""
+    if len(groups.chunks) == 1:
+        return [(groups.chunks[0][0], x)]
+    sizes = [stop - start for _, start, stop in groups.chunks]
+    parts = x[groups.order].split(sizes, dim=0)
+    return [(groups.chunks[k][0], parts[k]) for k in range(len(parts))]
+
+
+def merge_by_element(parts: list[torch.Tensor], groups: ElementGroups) -> torch.Tensor:
+    """Inverse of :func:`split_by_element` for per-element results: back in atom order."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts, dim=0)[groups.inverse]
 
 
 class ElementLinear(nn.Module):
@@ -117,6 +133,8 @@ class ElementLinear(nn.Module):
         self.irreps_out = tuple(irreps_out)
         self.channels_out = channels_out
         self.norm = (channels_in * num_elements) ** -0.5
+        self.dims_in = [ir.dim for ir in self.irreps_in]
+        self.dims_out = [ir.dim for ir in self.irreps_out]
         in_index = {ir: i for i, ir in enumerate(self.irreps_in)}
         self.paths: list[tuple[int, int]] = []
         self.weights = nn.ParameterList()
@@ -128,12 +146,15 @@ class ElementLinear(nn.Module):
                 )
 
     def forward(self, x: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
+        outs: list[torch.Tensor] = []
+        for element, xe in split_by_element(x, groups):
+            outs.append(self._one_element(element, xe))
+        return merge_by_element(outs, groups) * self.norm
 
-        def per_element(element: int, xe: torch.Tensor) -> torch.Tensor:
-            outs: list[torch.Tensor | None] = [None] * len(self.irreps_out)
-            parts = split_irreps(xe, self.irreps_in)
-            for (i, j), w in zip(self.paths, self.weights):
-                outs[j] = torch.einsum("nim,io->nom", parts[i], w[element])
-            return _assemble(outs, self.irreps_out, xe, xe.shape[0], self.channels_out)
-
-        return groups.apply(x, per_element) * self.norm
+    def _one_element(self, element: int, x: torch.Tensor) -> torch.Tensor:
+        parts = x.split(self.dims_in, dim=-1)
+        outs: list[torch.Tensor | None] = [None for _ in self.dims_out]
+        for k, w in enumerate(self.weights):
+            i, j = self.paths[k]
+            outs[j] = torch.einsum("nim,io->nom", parts[i], w[element])
+        return assemble(outs, self.dims_out, x, self.channels_out)

@@ -46,6 +46,7 @@ class ChannelwiseTensorProduct(nn.Module):
                 self.irreps_mid[-1] = (self.irreps_mid[-1][0] + 1, ir3)
             else:
                 self.irreps_mid.append((1, ir3))
+        self.mid_blocks = [(count, ir.dim) for count, ir in self.irreps_mid]
         dim_mid = sum(ir3.dim for *_, ir3 in paths)
         cg = torch.zeros(irreps_dim(irreps_in), irreps_dim(irreps_sh), dim_mid, dtype=torch.float64)
         s_in, s_sh = irreps_slices(irreps_in), irreps_slices(irreps_sh)
@@ -73,10 +74,11 @@ class ChannelwiseTensorProduct(nn.Module):
 
     def split_mid(self, mid: torch.Tensor) -> list[torch.Tensor]:
         """``[n, c, dim_mid]`` → per output irrep ``[n, paths · c, 2l+1]`` (path-major)."""
-        blocks, start = [], 0
-        n, c = mid.shape[:2]
-        for count, ir in self.irreps_mid:
-            block = mid[:, :, start : start + count * ir.dim].reshape(n, c, count, ir.dim)
-            blocks.append(block.transpose(1, 2).reshape(n, count * c, ir.dim))
-            start += count * ir.dim
+        blocks: list[torch.Tensor] = []
+        start = 0
+        n, c = mid.shape[0], mid.shape[1]
+        for count, dim in self.mid_blocks:
+            block = mid[:, :, start : start + count * dim].reshape(n, c, count, dim)
+            blocks.append(block.transpose(1, 2).reshape(n, count * c, dim))
+            start += count * dim
         return blocks
