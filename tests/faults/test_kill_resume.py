@@ -4,6 +4,7 @@ and no checkpoint is ever left half-written."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -78,11 +79,30 @@ def assert_same_model(a, b):
                     assert value == pytest.approx(row_b[key], rel=1e-9), (set_name, key)
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    data = write_xyz(tmp_path / "train.xyz", molecules(16))
-    epochs = 6
-    reference = tmp_path / "reference"
-    subprocess.run(command(data, reference, epochs), check=True, capture_output=True)
+EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """Training data and the uninterrupted run every interrupted run must reproduce."""
+    root = tmp_path_factory.mktemp("reference")
+    data = write_xyz(root / "train.xyz", molecules(16))
+    subprocess.run(command(data, root / "run", EPOCHS), check=True, capture_output=True)
+    return data, root / "run"
+
+
+def assert_checkpoint_complete(work) -> dict:
+    """The checkpoint is complete and readable; only temporary files may be left beside it."""
+    checkpoint = work / "checkpoints" / "run.ckpt"
+    state = load_checkpoint(checkpoint)
+    leftovers = [p.name for p in checkpoint.parent.iterdir() if p.name != "run.ckpt"]
+    assert all(name.endswith(".tmp") for name in leftovers)
+    return state
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, reference_run):
+    data, reference = reference_run
+    epochs = EPOCHS
     work = tmp_path / "killed"
     for kill_after in (1, 3):  # two kills at different points, resuming in between
         extra = ["--resume"] if (work / "checkpoints").exists() else []
@@ -97,12 +117,48 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
         time.sleep(0.05 * kill_after)  # land somewhere inside the next epoch
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        checkpoint = work / "checkpoints" / "run.ckpt"
-        assert load_checkpoint(checkpoint)["epoch"] >= 1  # complete and readable
-        leftovers = [p.name for p in checkpoint.parent.iterdir() if p.name != "run.ckpt"]
-        assert all(name.endswith(".tmp") for name in leftovers)
+        assert assert_checkpoint_complete(work)["epoch"] >= 1
     subprocess.run(command(data, work, epochs, "--resume"), check=True, capture_output=True)
     assert_same_model(reference, work)
+
+
+DIE_DURING_SAVE = """
+import io, os, signal, sys
+import torch
+from openmace.cli.main import main
+
+real_save, calls = torch.save, [0]
+
+def save_then_die(obj, fh, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == int(os.environ["KILL_AT_SAVE"]):
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        fh.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])  # half a checkpoint
+        fh.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, fh, *args, **kwargs)
+
+torch.save = save_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_checkpoint_write_keeps_the_previous_one(tmp_path, reference_run):
+    data, reference = reference_run
+    work = tmp_path / "killed_while_saving"
+    argv = command(data, work, EPOCHS)[3:]  # drop "python -m openmace.cli.main"
+    env = {**os.environ, "KILL_AT_SAVE": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", DIE_DURING_SAVE, *argv], env=env, capture_output=True
+    )
+    assert done.returncode == -signal.SIGKILL
+    state = assert_checkpoint_complete(work)
+    assert state["epoch"] == 2  # the third write died; the second checkpoint is intact
+    assert any(p.name.endswith(".tmp") for p in (work / "checkpoints").iterdir())
+    subprocess.run(command(data, work, EPOCHS, "--resume"), check=True, capture_output=True)
+    assert_same_model(reference, work)
+    assert [p.name for p in (work / "checkpoints").iterdir()] == ["run.ckpt"]  # cleaned up
 
 
 def test_sigint_stops_cleanly_and_resumes(tmp_path):

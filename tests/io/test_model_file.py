@@ -106,3 +106,101 @@ def test_wrong_tensor_shape_is_refused(tmp_path):
     save_file(tensors, str(path), metadata=metadata)
     with pytest.raises(ModelFileError, match="embedding"):
         load_model(path)
+
+
+def test_version_1_files_still_load_to_the_same_model(tmp_path):
+    """Format 1 stored contraction weights as basis coefficients (w_basis = frame @ w_trees)."""
+    from openmace.o3.coupling import tree_frame
+
+    model = make_model()
+    path, tensors, metadata = _rewrite(tmp_path, model)
+    shrunk = 0
+    for name in list(tensors):
+        if ".contraction.weights." in name:
+            layer, key = int(name.split(".")[1]), name.rsplit(".", 1)[1]
+            contraction = model.products[layer].contraction
+            j, nu = (int(x) for x in key.split("_"))
+            frame = tree_frame(contraction.irreps_in, contraction.irreps_out[j], nu)
+            tensors[name] = torch.einsum("kt,etc->ekc", frame, tensors[name].double()).contiguous()
+            shrunk += tensors[name].shape[1] < model.state_dict()[name].shape[1]
+    assert shrunk > 0
+    old = tmp_path / "v1.safetensors"
+    save_file(tensors, str(old), metadata={**metadata, "format_version": "1"})
+    a, b = predict(model), predict(load_model(old))
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-12)
+
+
+def _fail_if_called(*args, **kwargs):
+    raise AssertionError("a hostile file reached a decompressor or unpickler")
+
+
+def test_zip_bomb_and_compressed_files_are_refused_unopened(tmp_path, monkeypatch):
+    import gzip
+    import lzma
+    import zipfile
+    import zlib
+
+    bomb = tmp_path / "bomb.model"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("archive/data/0", "w", force_zip64=True) as member:
+            chunk = bytes(1 << 20)
+            for _ in range(64):  # 64 MiB of zeros in a file of ~64 KiB
+                member.write(chunk)
+    assert bomb.stat().st_size < 1 << 20
+    model_bytes = save_model(make_model(), tmp_path / "m.safetensors").read_bytes()
+    gz = tmp_path / "m.safetensors.gz"
+    gz.write_bytes(gzip.compress(model_bytes))
+    xz = tmp_path / "m.safetensors.xz"
+    xz.write_bytes(lzma.compress(model_bytes))
+    monkeypatch.setattr(zipfile.ZipFile, "open", _fail_if_called)
+    monkeypatch.setattr(zlib, "decompressobj", _fail_if_called)
+    monkeypatch.setattr(torch, "load", _fail_if_called)
+    monkeypatch.setattr(pickle, "loads", _fail_if_called)
+    with pytest.raises(ModelFileError, match="pickle/zip"):
+        load_model(bomb)
+    for path in (gz, xz):
+        with pytest.raises(ModelFileError, match=str(path)):
+            load_model(path)
+
+
+def _raw_safetensors(path, header: dict, data: bytes) -> None:
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+def test_header_claims_are_checked_before_allocation(tmp_path):
+    model = make_model()
+    _, tensors, metadata = _rewrite(tmp_path, model)
+    # a header size beyond the file
+    huge_header = tmp_path / "huge_header.safetensors"
+    huge_header.write_bytes((1 << 62).to_bytes(8, "little") + b"{}")
+    # one tensor claiming 2^40 float64 numbers backed by 16 bytes
+    huge_tensor = tmp_path / "huge_tensor.safetensors"
+    entry = {"dtype": "F64", "shape": [1 << 40], "data_offsets": [0, 8 << 40]}
+    _raw_safetensors(huge_tensor, {"__metadata__": metadata, "embedding": entry}, bytes(16))
+    # a config with 10^6 channels (terabytes of weights) on top of small tensors
+    config = json.loads(metadata["config"])
+    config["hidden_irreps"] = "1000000x0e"
+    huge_config, _, _ = _rewrite(tmp_path, model, config=json.dumps(config))
+    # a config with 10^6 layers
+    config = json.loads(metadata["config"])
+    config.update(num_interactions=1_000_000, correlation=2)
+    many_layers = tmp_path / "many_layers.safetensors"
+    save_file(tensors, str(many_layers), metadata={**metadata, "config": json.dumps(config)})
+    for path, message in [
+        (huge_header, "header size"),
+        (huge_tensor, "corrupt or truncated"),
+        (huge_config, "at least"),
+        (many_layers, "at least"),
+    ]:
+        with pytest.raises(ModelFileError, match=message):
+            load_model(path)
+
+
+def test_wrong_tensor_dtype_is_refused(tmp_path):
+    path, tensors, metadata = _rewrite(tmp_path, make_model())
+    tensors["embedding"] = tensors["embedding"].to(torch.int64)
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(ModelFileError, match="embedding has dtype I64"):
+        load_model(path)

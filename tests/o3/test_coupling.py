@@ -105,13 +105,25 @@ def test_bundled_demo_model_reproduces_its_mace_torch_reference(parity_dirs):
         assert abs(energy - ref["energy"]) / len(atoms) < 1e-9
 
 
-def test_path_count_equals_mace_torch_weights_per_tree(parity_dirs):
-    """The init scale uses the number of coupling trees; mace-torch stores one weight per tree,
-    so the count must equal the U-matrix widths of every real mace-torch state dict."""
+@pytest.mark.parametrize("nu", [1, 2, 3])
+@pytest.mark.parametrize("l", [0, 1, 2])
+def test_coupling_trees_form_a_parseval_frame_of_the_basis(nu, l):
+    """Trees are orthonormal in the full tensor product, so their symmetric parts must be a
+    Parseval frame of the symmetric basis (frame @ frame.T = I), spanning all of it."""
+    from openmace.o3.coupling import tree_frame
+
+    frame = tree_frame(tuple(spherical_harmonics_irreps(3)), Irrep(l, (-1) ** l), nu)
+    assert frame.shape[1] >= frame.shape[0] > 0
+    torch.testing.assert_close(frame @ frame.T, torch.eye(frame.shape[0], dtype=frame.dtype))
+
+
+def test_tree_count_equals_mace_torch_weights_per_tree(parity_dirs):
+    """mace-torch stores one weight per coupling tree (as the paper's eq. 10): the tree count
+    must equal the U-matrix widths of every real mace-torch state dict."""
     from safetensors.torch import load_file
 
     from openmace.io.mace_torch import load_mace_torch
-    from openmace.o3.coupling import coupling_path_count
+    from openmace.o3.coupling import tree_frame
 
     checked = 0
     for folder in parity_dirs.values():
@@ -123,8 +135,10 @@ def test_path_count_equals_mace_torch_weights_per_tree(parity_dirs):
                 for nu in range(1, contraction.correlation + 1):
                     prefix = f"products.{layer}.symmetric_contractions.contractions.{j}"
                     u = state[f"{prefix}.U_matrix_{nu}"]
-                    count = coupling_path_count(contraction.irreps_in, ir, nu)
-                    if not u.any():  # mace-torch keeps a zero U when there is no tree
+                    count = tree_frame(contraction.irreps_in, ir, nu).shape[1]
+                    if coupling_basis(contraction.irreps_in, ir, nu).size == 0:
+                        # no symmetric polynomial: we keep no weight, mace-torch keeps trees
+                        # that vanish on A⊗A (e.g. 1o⊗1o→1e) or a zero U
                         assert count == 0
                         continue
                     if nu <= 3:  # for ν = 4 mace-torch drops trees through 1e, 2o, ...

@@ -11,7 +11,8 @@ The conversion is exact, not fitted. What differs between the two codes is folde
   ``U_matrix_ν`` (stored in the state dict). We symmetrise them, form the polynomial each
   element/channel computes, and project it onto our orthogonal coupling basis. The projection
   residual is checked: a basis that cannot represent the model is an error, never an
-  approximation.
+  approximation. Our weights are per coupling tree; the minimum-norm tree weights giving those
+  basis coefficients are stored.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from safetensors.torch import load_file
 from openmace.model import MACE, MACEConfig
 from openmace.model.radial import silu_normalisation
 from openmace.o3 import FeatureIrreps, Irrep, coupling_basis, e3nn_044_sign, irreps_dim
-from openmace.o3.coupling import monomial_multiplicity, monomials
+from openmace.o3.coupling import monomial_multiplicity, monomials, tree_frame
 
 
 class ConversionError(ValueError):
@@ -167,7 +168,11 @@ def _convert_contraction(prefix: str, state: dict, ours, irrep_index: int, irrep
         tolerance = max(1e-9, 100 * torch.finfo(state[u_key].dtype).eps)
         if residual > tolerance * max(1.0, float(target.abs().max())):
             raise ConversionError(f"{u_key}: projection residual {float(residual):.2e}")
-        ours.weights[key].data.copy_(solved.permute(0, 2, 1))
+        # our weights are per coupling tree (w_basis = frame @ w_trees): the minimum-norm
+        # tree weights give exactly these basis coefficients
+        frame = tree_frame(ours.irreps_in, irrep, nu)
+        trees = torch.einsum("tk,eck->etc", torch.linalg.pinv(frame), solved)
+        ours.weights[key].data.copy_(trees)
 
 
 def _set(param: torch.Tensor, value: torch.Tensor) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from openmace.model import MACE, MACEConfig
+from openmace.o3.coupling import tree_frame
 
 FORMAT_NAME = "openmace-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# version 1 stored symmetric-contraction weights in the orthonormal coupling basis; version 2
+# stores one weight per coupling tree (the paper's eq. 10). Version 1 files still load.
+_CONTRACTION_WEIGHT = re.compile(r"products\.(\d+)\.contraction\.weights\.(\d+_\d+)")
 UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å³"}
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 
@@ -117,6 +122,7 @@ def load_model(
     """Load a model file into a :class:`MACE` on ``device`` in ``dtype``."""
     path = Path(path)
     header = read_header(path)
+    _check_config_fits_file(path, header["config"])
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -137,16 +143,73 @@ def load_model(
             for name in expected:
                 sl = fh.get_slice(name)
                 shape = tuple(sl.get_shape())
-                if shape != tuple(expected[name].shape):
+                want = _stored_shape(
+                    model, name, tuple(expected[name].shape), header["format_version"]
+                )
+                if shape != want:
                     raise ModelFileError(
-                        f"{path}: tensor {name} has shape {shape}, expected "
-                        f"{tuple(expected[name].shape)}"
+                        f"{path}: tensor {name} has shape {shape}, expected {want}"
                     )
                 if sl.get_dtype() not in ("F64", "F32", "F16", "BF16"):
                     raise ModelFileError(f"{path}: tensor {name} has dtype {sl.get_dtype()}")
                 tensors[name] = fh.get_tensor(name)
     except SafetensorError as err:
         raise ModelFileError(f"{path}: corrupt or truncated model file ({err})") from err
+    if header["format_version"] < 2:
+        tensors = _contraction_weights_from_v1(model, tensors)
     model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()})
     model.provenance = header["provenance"]
     return model.to(device)
+
+
+def _minimum_parameters(config: MACEConfig) -> int:
+    """A lower bound on the parameter count of a model with this config (cheap arithmetic)."""
+    c, e, layers = config.features.channels, len(config.atomic_numbers), config.num_interactions
+    radial = [config.num_bessel, *config.radial_mlp, c]
+    per_layer = c * c + e * c * c + sum(a * b for a, b in zip(radial[:-1], radial[1:]))
+    return e * c + layers * per_layer
+
+
+def _check_config_fits_file(path: Path, config: MACEConfig) -> None:
+    """Refuse, before building anything, a config whose model could not fit in the file's
+    tensor data (a hostile or corrupt header could otherwise make us allocate terabytes)."""
+    with open(path, "rb") as fh:
+        header_size = int.from_bytes(fh.read(8), "little")
+    data_bytes = path.stat().st_size - 8 - header_size
+    needed = 2 * _minimum_parameters(config)  # 2 bytes: the smallest accepted dtype
+    if needed > data_bytes:
+        raise ModelFileError(
+            f"{path}: the config describes a model of at least {needed // 2} parameters but the "
+            f"file holds only {data_bytes} bytes of tensors (corrupt or hostile header)"
+        )
+
+
+def _basis_to_trees(model: MACE, name: str) -> torch.Tensor | None:
+    """For a contraction weight: the float64 Parseval frame ``[K_basis, K_trees]`` of its block
+    (``w_basis = frame @ w_trees``); None for other tensors."""
+    match = _CONTRACTION_WEIGHT.fullmatch(name)
+    if match is None:
+        return None
+    contraction = model.products[int(match.group(1))].contraction
+    j, nu = (int(x) for x in match.group(2).split("_"))
+    return tree_frame(contraction.irreps_in, contraction.irreps_out[j], nu)
+
+
+def _stored_shape(model: MACE, name: str, shape: tuple[int, ...], version: int) -> tuple:
+    frame = _basis_to_trees(model, name) if version < 2 else None
+    if frame is not None:  # version 1: [elements, basis size, channels]
+        return (shape[0], frame.shape[0], shape[2])
+    return shape
+
+
+def _contraction_weights_from_v1(
+    model: MACE, tensors: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Basis coefficients → the minimum-norm tree weights giving the same polynomials."""
+    out = dict(tensors)
+    for name, value in tensors.items():
+        frame = _basis_to_trees(model, name)
+        if frame is not None:
+            pinv = torch.linalg.pinv(frame)
+            out[name] = torch.einsum("tk,ekc->etc", pinv, value.to(torch.float64))
+    return out

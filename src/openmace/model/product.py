@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from openmace.o3 import ElementGroups, EquivariantLinear, Irrep, coupling_basis, irreps_dim
-from openmace.o3.coupling import coupling_path_count, monomial_recursion, monomials
+from openmace.o3.coupling import monomial_recursion, monomials, tree_frame
 from openmace.o3.linear import merge_by_element, split_by_element
 
 
@@ -84,12 +84,13 @@ class SymmetricContraction(nn.Module):
                     dense[:, :, top_slot] = coefficients
                     coefficients = dense
                 self.register_buffer(f"U_{key}", coefficients.to(dtype), persistent=False)
-                # std 1/(number of coupling trees): the same initial distribution of
-                # polynomials as mace-torch's one-weight-per-tree parameterisation (whose
-                # tree polynomials form a tight frame of our orthonormal basis)
-                paths = coupling_path_count(tuple(irreps_in), ir, nu)
+                # the paper's parameterisation: one weight per coupling tree η (eq. 10), mapped
+                # to the basis by a fixed Parseval frame; std 1/(number of trees) is the
+                # initial distribution of mace-torch, which has the same parameterisation
+                frame = tree_frame(tuple(irreps_in), ir, nu)
+                self.register_buffer(f"frame_{key}", frame.to(dtype), persistent=False)
                 self.weights[key] = nn.Parameter(
-                    torch.randn(num_elements, basis.size, channels) / paths
+                    torch.randn(num_elements, frame.shape[1], channels) / frame.shape[1]
                 )
 
     @torch.jit.unused
@@ -119,8 +120,9 @@ class SymmetricContraction(nn.Module):
                 key = f"{j}_{nu}"
                 count = self.low_counts[nu - 1] if nu < self.correlation else width
                 if key in self.weights:
-                    u = getattr(self, f"U_{key}")
-                    cols.append(torch.einsum("kmn,ekc->ecmn", u, self.weights[key]))
+                    u, frame = getattr(self, f"U_{key}"), getattr(self, f"frame_{key}")
+                    weights = torch.einsum("kt,etc->ekc", frame, self.weights[key])
+                    cols.append(torch.einsum("kmn,ekc->ecmn", u, weights))
                 else:
                     cols.append(ref.new_zeros(self.num_elements, self.channels, ir.dim, count))
             rows.append(

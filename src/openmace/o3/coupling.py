@@ -118,9 +118,10 @@ def canonical_basis(polys: torch.Tensor, weights: torch.Tensor, tol: float = 1e-
 
 @cache
 def _coupling_levels(
-    irreps_in: tuple[Irrep, ...], degree: int, lmax_keep: int
+    irreps_in: tuple[Irrep, ...], degree: int, lmax_keep: int, reduce: bool = True
 ) -> dict[Irrep, torch.Tensor]:
-    """Orthonormal equivariant polynomials of exactly ``degree``, grouped by irrep."""
+    """Equivariant polynomials of exactly ``degree``, grouped by irrep: an orthonormal basis
+    (``reduce``) or one polynomial per coupling tree (the symmetrised tree tensors)."""
     dim = sum(ir.dim for ir in irreps_in)
     slices = irreps_slices(irreps_in)
     if degree == 1:
@@ -130,9 +131,13 @@ def _coupling_levels(
             poly[0, :, sl] = torch.eye(ir.dim, dtype=torch.float64)
             level.setdefault(ir, []).append(poly)
         ones = torch.ones(dim, dtype=torch.float64)
+        if not reduce:
+            return {ir: torch.cat(p) for ir, p in level.items()}
         return {ir: _reduce(torch.cat(p), ones) for ir, p in level.items()}
 
-    previous = _coupling_levels(irreps_in, degree - 1, lmax_keep + max(ir.l for ir in irreps_in))
+    previous = _coupling_levels(
+        irreps_in, degree - 1, lmax_keep + max(ir.l for ir in irreps_in), reduce
+    )
     prev_monos = monomials(dim, degree - 1)
     index = {m: i for i, m in enumerate(monomials(dim, degree))}
     n_new = len(index)
@@ -158,6 +163,8 @@ def _coupling_levels(
                 out = torch.zeros(polys.shape[0], ir_out.dim, n_new, dtype=torch.float64)
                 out.index_add_(2, target, terms.reshape(polys.shape[0], ir_out.dim, -1))
                 new.setdefault(ir_out, []).append(out)
+    if not reduce:
+        return {ir: torch.cat(p) for ir, p in new.items()}
     return {ir: _reduce(torch.cat(p), weights) for ir, p in new.items()}
 
 
@@ -184,24 +191,28 @@ def coupling_basis(
 
 
 @cache
-def coupling_path_count(irreps_in: tuple[Irrep, ...], irrep_out: Irrep, degree: int) -> int:
-    """Number of ordered coupling trees ``((l1 ⊗ l2) ⊗ l3) ⊗ ... → L`` of eq. 14.
+def tree_frame(irreps_in: tuple[Irrep, ...], irrep_out: Irrep, degree: int) -> torch.Tensor:
+    """Coordinates ``[K_basis, K_trees]`` of the coupling trees' polynomials in
+    :func:`coupling_basis`: the paper's parameterisation (eq. 10, one weight per coupling path
+    η) is ``w_basis = frame @ w_trees``.
 
-    Each tree gives one (generally redundant) polynomial; mace-torch keeps one weight per tree,
-    we keep one per independent polynomial (:func:`coupling_basis`). The tree count sets the
-    initial weight scale so that a new model starts from the same distribution of polynomials.
-    (For ν = 4 mace-torch also drops trees through unnatural-parity intermediates such as 1e;
-    we count all trees: an init-scale difference of a few per cent.)
+    Coupling trees with component-normalised Clebsch-Gordan coefficients are orthonormal tensors
+    of the full ν-fold product (norm ``sqrt(2L + 1)``); their symmetric parts therefore form a
+    Parseval frame of the symmetric polynomials, ``frame @ frame.T = I`` (tested).
     """
-    counts = dict(Counter(irreps_in))
-    for _ in range(degree - 1):
-        new: dict[Irrep, int] = {}
-        for ir_a, n in counts.items():
-            for ir_b in irreps_in:
-                for ir_c in ir_a * ir_b:
-                    new[ir_c] = new.get(ir_c, 0) + n
-        counts = new
-    return counts.get(irrep_out, 0)
+    irreps_in = tuple(irreps_in)
+    basis = coupling_basis(irreps_in, irrep_out, degree).coefficients
+    levels = _coupling_levels(irreps_in, degree, irrep_out.l, reduce=False)
+    trees = levels.get(irrep_out)
+    if trees is None or basis.shape[0] == 0:
+        return torch.zeros(basis.shape[0], 0, dtype=torch.float64)
+    dim = sum(ir.dim for ir in irreps_in)
+    metric = torch.tensor(
+        [1.0 / monomial_multiplicity(m) for m in monomials(dim, degree)], dtype=torch.float64
+    )
+    gram = torch.einsum("kmn,jmn,n->kj", basis, basis, metric)
+    overlap = torch.einsum("kmn,tmn,n->kt", basis, trees, metric)
+    return torch.linalg.solve(gram, overlap)
 
 
 def symmetric_tensor(basis: CouplingBasis) -> torch.Tensor:

@@ -27,5 +27,13 @@ def save_checkpoint(state: dict, path: Path) -> None:
             os.unlink(tmp)
 
 
+def remove_partial_writes(path: Path) -> int:
+    """Delete temporary files left by writes of ``path`` that were killed; returns how many."""
+    stale = list(path.parent.glob(f".{path.name}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
 def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)

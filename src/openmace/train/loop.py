@@ -24,7 +24,7 @@ from openmace.data.statistics import compute_statistics
 from openmace.inference import split_by_structure
 from openmace.io.model_file import save_model
 from openmace.model import MACE, MACEConfig
-from openmace.train.checkpoint import load_checkpoint, save_checkpoint
+from openmace.train.checkpoint import load_checkpoint, remove_partial_writes, save_checkpoint
 from openmace.train.config import TrainConfig
 from openmace.train.data_setup import TrainingData, load_training_data
 from openmace.train.ema import EMA
@@ -151,8 +151,17 @@ class Trainer:
                 f"{self.checkpoint_path}: the checkpoint's model differs from this "
                 "config (different data or model options); cannot resume"
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as err:
+            raise ValueError(
+                f"{self.checkpoint_path}: written by an incompatible openmace version; "
+                f"cannot resume ({str(err).splitlines()[0]})"
+            ) from err
+        removed = remove_partial_writes(self.checkpoint_path)
+        if removed:
+            log.info("removed %d partial checkpoint file(s) of an interrupted write", removed)
         self.stage = state["stage"]
         if self.stage == 2:
             self._set_lr(self.cfg.stage_two_lr)
