@@ -143,6 +143,27 @@ def test_float64_model_does_not_depend_on_the_global_default_dtype():
     assert torch.equal(out["forces"], reference["forces"])
 
 
+def test_edge_chunks_give_the_same_results_and_training_gradients():
+    model = make_model()
+    graph = batch_atoms([molecule(), triclinic_cell(), triclinic_cell(seed=1)], model.config.r_max)
+
+    def run():
+        model.zero_grad()
+        out = model(graph, compute_stress=True, training=True)
+        (out["energy"].square().sum() + out["forces"].square().sum()).backward()
+        return out, [p.grad.clone() for p in model.parameters()]
+
+    whole, grads_whole = run()
+    for interaction in model.interactions:
+        interaction.edge_chunk = 7  # many chunks, the last one partial
+    assert graph.edge_index.shape[1] > 20 * 7
+    chunked, grads_chunked = run()
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(chunked[key], whole[key], rtol=0, atol=1e-12)
+    for a, b in zip(grads_chunked, grads_whole):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_unknown_element_is_a_clear_error():
     model = make_model()
     with pytest.raises(ValueError, match=r"atomic number\(s\) \[26\] not in this model"):

@@ -47,7 +47,7 @@ class ChannelwiseTensorProduct(nn.Module):
             else:
                 self.irreps_mid.append((1, ir3))
         self.mid_blocks = [(count, ir.dim) for count, ir in self.irreps_mid]
-        dim_mid = sum(ir3.dim for *_, ir3 in paths)
+        self.dim_mid = dim_mid = sum(ir3.dim for *_, ir3 in paths)
         cg = torch.zeros(irreps_dim(irreps_in), irreps_dim(irreps_sh), dim_mid, dtype=torch.float64)
         s_in, s_sh = irreps_slices(irreps_in), irreps_slices(irreps_sh)
         path_of_slot = []
