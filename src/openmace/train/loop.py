@@ -247,10 +247,14 @@ class Trainer:
                 out, batch, weights, cfg.huber_delta if cfg.loss == "huber" else None
             )
             if not torch.isfinite(loss):
+                last = (
+                    f"the last good checkpoint is {self.checkpoint_path}"
+                    if self.checkpoint_path.exists()
+                    else "no checkpoint was written yet"
+                )
                 raise TrainingError(
-                    f"non-finite loss ({float(loss)}) in epoch {self.epoch + 1}, batch {k}; "
-                    f"weights were not updated, the last good checkpoint is {self.checkpoint_path}"
-                    " (try a lower --lr, or check the labels)"
+                    f"non-finite loss ({float(loss.detach())}) in epoch {self.epoch + 1}, batch "
+                    f"{k}; weights were not updated, {last} (try a lower --lr, or check the labels)"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
