@@ -126,3 +126,56 @@ def test_binary_and_empty_files(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(DataError, match=str(path)):
         read_configurations(path)
+
+
+H2 = "H 0 0 0 0 0 0\nH 0 0 0.74 0 0 0\n"
+PROPS = "Properties=species:S:1:pos:R:3:REF_forces:R:3"
+
+
+@pytest.mark.parametrize(
+    "name,text",
+    [
+        (
+            "huge cell",
+            f'2\nLattice="1e300 0 0 0 1e300 0 0 0 1e300" {PROPS} REF_energy=-1 pbc="T T T"\n{H2}',
+        ),
+        (
+            "negative cell",
+            f'2\nLattice="-5 0 0 0 5 0 0 0 5" {PROPS} REF_energy=-1 pbc="T T T"\n{H2}',
+        ),
+        ("flat cell", f'2\nLattice="5 0 0 0 5 0 0 0 0" {PROPS} REF_energy=-1 pbc="T T T"\n{H2}'),
+        ("missing pbc", f'2\nLattice="5 0 0 0 5 0 0 0 5" {PROPS} REF_energy=-1\n{H2}'),
+        ("unknown element", f"2\n{PROPS} REF_energy=-1\nXx 0 0 0 0 0 0\nH 0 0 0.74 0 0 0\n"),
+        ("duplicated key", f"2\n{PROPS} REF_energy=-1 REF_energy=-2\n{H2}"),
+        ("short row", f"2\n{PROPS} REF_energy=-1\nH 0 0 0 0 0\nH 0 0 0.74 0 0 0\n"),
+        ("long row", f"2\n{PROPS} REF_energy=-1\nH 0 0 0 0 0 0 7\nH 0 0 0.74 0 0 0\n"),
+        ("too few atoms", f"3\n{PROPS} REF_energy=-1\n{H2}"),
+        ("negative atom count", f"-2\n{PROPS} REF_energy=-1\n{H2}"),
+        ("text energy", f"2\n{PROPS} REF_energy=high\n{H2}"),
+    ],
+)
+def test_malformed_structure_files(tmp_path, name, text):
+    """Each named malformation: a DataError naming the file, or structures that are valid."""
+    path = tmp_path / "bad.xyz"
+    path.write_text(text)
+    try:
+        configs = read_configurations(path)
+    except DataError as err:
+        assert str(path) in str(err)
+        return
+    for config in configs:
+        assert len(config.atomic_numbers) == len(config.positions) > 0
+        assert all(1 <= z <= 118 for z in config.atomic_numbers)
+
+
+@pytest.mark.parametrize("length", [1e7, 1e300, float("inf")])
+def test_neighbour_list_refuses_absurd_cells_instead_of_crashing(length):
+    """vesin dies with SIGFPE on a 1e300 Å cell; the calculator path must get an error."""
+    import numpy as np
+
+    from openmace.data.graph import neighbour_list
+
+    with pytest.raises(ValueError, match="periodic cell vector"):
+        neighbour_list(
+            np.zeros((2, 3)) + [[0, 0, 0], [0, 0, 1]], np.eye(3) * length, [True] * 3, 5.0
+        )

@@ -19,6 +19,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from openmace.data.errors import DataError
+from openmace.data.graph import MAX_CELL_LENGTH
 
 MIN_DISTANCE = 0.1  # Å; atoms closer than this are a data error, not physics
 
@@ -113,9 +114,17 @@ def configuration_from_atoms(
     if not np.isfinite(cell).all():
         raise DataError(source, index, "cell has non-finite values")
     if pbc.any():
-        lengths = np.linalg.norm(cell, axis=1)
+        with np.errstate(over="ignore"):
+            lengths = np.linalg.norm(cell, axis=1)
         if (lengths[pbc] < 1e-6).any():
             raise DataError(source, index, "periodic direction with a zero-length cell vector")
+        if (lengths[pbc] > MAX_CELL_LENGTH).any():
+            raise DataError(
+                source,
+                index,
+                f"periodic cell vector longer than {MAX_CELL_LENGTH:g} Å "
+                f"({lengths.max():.3g} Å); set pbc False along non-periodic directions",
+            )
         if pbc.all() and abs(np.linalg.det(cell)) < 1e-6:
             raise DataError(source, index, "periodic cell has zero volume")
     _check_distances(positions, cell, pbc, source, index)

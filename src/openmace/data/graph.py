@@ -39,6 +39,9 @@ class Graph:
         return replace(self, **changes)
 
 
+MAX_CELL_LENGTH = 1e6  # Å; vesin dies with a floating-point exception on cells of ~1e300
+
+
 def neighbour_list(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,6 +51,13 @@ def neighbour_list(
         return empty, empty, np.zeros((0, 3))
     periodic = [bool(x) for x in pbc]
     box = np.asarray(cell, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        lengths = np.linalg.norm(box, axis=1)
+    if not np.isfinite(box).all() or (lengths[np.array(periodic)] > MAX_CELL_LENGTH).any():
+        raise ValueError(
+            f"periodic cell vector lengths {lengths.round(3).tolist()} Å: not finite or longer "
+            f"than {MAX_CELL_LENGTH:g} Å (set pbc False along directions that are not periodic)"
+        )
     if not any(periodic):
         box = np.zeros((3, 3))
     i, j, s = NeighborList(cutoff=cutoff, full_list=True).compute(
