@@ -66,6 +66,24 @@ def test_existing_checkpoint_is_never_overwritten_without_resume(tmp_path):
         train(make_config(tmp_path, data, epochs=1))
 
 
+def test_checkpoint_of_an_incompatible_version_is_a_clear_error(tmp_path):
+    from openmace.train.checkpoint import load_checkpoint, save_checkpoint
+
+    data = write_xyz(tmp_path / "train.xyz", molecules(10))
+    result = train(make_config(tmp_path, data, epochs=1))
+    path = result.model_path.parent / "checkpoints" / "model.ckpt"
+    state = load_checkpoint(path)
+    key = max(
+        (k for k in state["model"] if ".contraction.weights." in k),
+        key=lambda k: state["model"][k].shape[1],
+    )
+    assert state["model"][key].shape[1] > 1
+    state["model"][key] = state["model"][key][:, :1]  # e.g. the format before tree weights
+    save_checkpoint(state, path)
+    with pytest.raises(ValueError, match="incompatible openmace version"):
+        train(make_config(tmp_path, data, epochs=2, resume=True))
+
+
 def test_periodic_dataset_with_stress_trains(tmp_path):
     data = write_xyz(tmp_path / "cu.xyz", copper_cells(12))
     result = train(make_config(tmp_path, data, epochs=2, stress_weight=10.0, r_max=3.0))
