@@ -8,7 +8,7 @@ both codes read), the two codes concurrently; tests on
 ``<mol>_test.xyz`` (1000 structures). Model: 64x0e+64x1o, max_ell 3, correlation 3, r_max 5 Å,
 2 layers, residual first layer, per-atom energy shift = training mean (mace-torch's
 ``--model ScaleShiftMACE``; its ``--model MACE`` sets the shift to 0), batch 5, lr 0.01 AMSGrad,
-EMA 0.99, loss weights 1 (energy per atom) / 100 (forces), float32, seed 1, E0s from
+EMA 0.99, loss weights 1 (energy per atom) / 100 (forces), float32, seed 1 (``--seed``), E0s from
 ``isolated_atoms.xyz``. With ``--mace-python`` (a venv with mace-torch 0.3.16) the same run is
 made with ``mace_run_train``; ``--skip-openmace`` / ``--mace-log`` reuse finished runs. Prints
 one table: test energy/force MAE, time per epoch, and the paper's numbers.
@@ -113,7 +113,7 @@ def openmace_command(args, e0s, work: Path, train: Path, valid: Path) -> list[st
         "--dtype",
         "float32",
         "--seed",
-        "1",
+        str(args.seed),
         "--work-dir",
         str(work),
         "--name",
@@ -159,7 +159,7 @@ def start_mace(args, e0s, work: Path, train: Path, valid: Path) -> subprocess.Po
         "--name",
         f"mace_{args.molecule}",
         "--seed",
-        "1",
+        str(args.seed),
         "--train_file",
         str(train.resolve()),
         "--valid_file",
@@ -283,6 +283,7 @@ def main() -> None:
     parser.add_argument("--molecule", default="ethanol")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="seed of both trainings")
     parser.add_argument("--work", type=Path, default=Path("bench_runs"))
     parser.add_argument("--mace-python", help="python of a venv with mace-torch 0.3.16")
     parser.add_argument("--mace-log", type=Path, help="reuse a finished mace-torch log")
