@@ -82,7 +82,8 @@ class InteractionBlock(nn.Module):
         if self.residual:
             residual = self.skip(h, groups)
         x = self.linear_up(h.split(self.dims_in, dim=-1))
-        pooled = x.new_zeros((h.shape[0], self.channels, self.tensor_product.dim_mid))
+        x = x.transpose(1, 2).contiguous()  # [n, dim_in, c]: channels last for the edges
+        pooled = x.new_zeros((h.shape[0], self.tensor_product.dim_mid, self.channels))
         chunk = self.edge_chunk
         for start in range(0, sender.shape[0], chunk):
             stop = min(start + chunk, sender.shape[0])

@@ -47,6 +47,7 @@ class ChannelwiseTensorProduct(nn.Module):
             else:
                 self.irreps_mid.append((1, ir3))
         self.mid_blocks = [(count, ir.dim) for count, ir in self.irreps_mid]
+        self.mid_sizes = [count * dim for count, dim in self.mid_blocks]
         self.dim_mid = dim_mid = sum(ir3.dim for *_, ir3 in paths)
         cg = torch.zeros(irreps_dim(irreps_in), irreps_dim(irreps_sh), dim_mid, dtype=torch.float64)
         s_in, s_sh = irreps_slices(irreps_in), irreps_slices(irreps_sh)
@@ -67,18 +68,20 @@ class ChannelwiseTensorProduct(nn.Module):
         return len(self.paths)
 
     def forward(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """``x [e, c, dim_in]``, ``sh [e, dim_sh]``, ``weights [e, paths, c]`` → ``[e, c, mid]``."""
-        coupling = torch.einsum("ijp,ej->eip", self.cg, sh)
-        out = torch.bmm(x, coupling)
-        return out * weights.transpose(1, 2)[:, :, self.path_of_slot]
+        """``x [e, dim_in, c]``, ``sh [e, dim_sh]``, ``weights [e, paths, c]`` → ``[e, mid, c]``.
+
+        Channels are the last (contiguous) axis, so each path's weight multiplies its output
+        slots elementwise over channels."""
+        coupling = torch.einsum("ijp,ej->epi", self.cg, sh)
+        out = torch.bmm(coupling, x)
+        return out * weights.index_select(1, self.path_of_slot)
 
     def split_mid(self, mid: torch.Tensor) -> list[torch.Tensor]:
-        """``[n, c, dim_mid]`` → per output irrep ``[n, paths · c, 2l+1]`` (path-major)."""
+        """``[n, dim_mid, c]`` → per output irrep ``[n, paths · c, 2l+1]`` (path-major)."""
         blocks: list[torch.Tensor] = []
-        start = 0
-        n, c = mid.shape[0], mid.shape[1]
-        for count, dim in self.mid_blocks:
-            block = mid[:, :, start : start + count * dim].reshape(n, c, count, dim)
-            blocks.append(block.transpose(1, 2).reshape(n, count * c, dim))
-            start += count * dim
+        n, c = mid.shape[0], mid.shape[2]
+        for k, part in enumerate(mid.split(self.mid_sizes, dim=1)):
+            count, dim = self.mid_blocks[k]
+            block = part.reshape(n, count, dim, c).transpose(2, 3)
+            blocks.append(block.reshape(n, count * c, dim))
         return blocks
