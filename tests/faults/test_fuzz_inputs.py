@@ -22,6 +22,17 @@ VALID = (
     "H -0.24 0.93 0.0 0.0 0.0 0.0\n"
 )
 
+
+def read_or_data_error(path, text: str) -> list:
+    """Structures read from ``text``, or [] after a DataError that names the file."""
+    path.write_text(text)
+    try:
+        return read_configurations(path)
+    except DataError as err:
+        assert str(path) in str(err)
+        return []
+
+
 edits = st.one_of(
     st.tuples(st.just("truncate"), st.integers(0, len(VALID))),
     st.tuples(
@@ -50,13 +61,7 @@ def test_mangled_xyz_gives_data_error_or_valid_structures(tmp_path, changes):
             text = text[:pos] + rest[0] + text[pos + 1 :]
         else:
             text = text[:pos] + rest[0] + text[pos:]
-    path = tmp_path / "fuzz.xyz"
-    path.write_text(text)
-    try:
-        configs = read_configurations(path)
-    except DataError as err:
-        assert str(path) in str(err)
-        return
+    configs = read_or_data_error(tmp_path / "fuzz.xyz", text)
     for config in configs:  # whatever was accepted is internally consistent
         assert len(config) > 0
         assert config.forces is None or config.forces.shape == (len(config), 3)
@@ -156,13 +161,7 @@ PROPS = "Properties=species:S:1:pos:R:3:REF_forces:R:3"
 )
 def test_malformed_structure_files(tmp_path, name, text):
     """Each named malformation: a DataError naming the file, or structures that are valid."""
-    path = tmp_path / "bad.xyz"
-    path.write_text(text)
-    try:
-        configs = read_configurations(path)
-    except DataError as err:
-        assert str(path) in str(err)
-        return
+    configs = read_or_data_error(tmp_path / "bad.xyz", text)
     for config in configs:
         assert len(config.atomic_numbers) == len(config.positions) > 0
         assert all(1 <= z <= 118 for z in config.atomic_numbers)

@@ -19,7 +19,6 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from openmace.data.errors import DataError
-from openmace.data.graph import MAX_CELL_LENGTH
 
 MIN_DISTANCE = 0.1  # Å; atoms closer than this are a data error, not physics
 
@@ -118,13 +117,6 @@ def configuration_from_atoms(
             lengths = np.linalg.norm(cell, axis=1)
         if (lengths[pbc] < 1e-6).any():
             raise DataError(source, index, "periodic direction with a zero-length cell vector")
-        if (lengths[pbc] > MAX_CELL_LENGTH).any():
-            raise DataError(
-                source,
-                index,
-                f"periodic cell vector longer than {MAX_CELL_LENGTH:g} Å "
-                f"({lengths.max():.3g} Å); set pbc False along non-periodic directions",
-            )
         if pbc.all() and abs(np.linalg.det(cell)) < 1e-6:
             raise DataError(source, index, "periodic cell has zero volume")
     _check_distances(positions, cell, pbc, source, index)
@@ -174,7 +166,10 @@ def _check_distances(positions, cell, pbc, source, index) -> None:
 
     if len(positions) < 2 and not pbc.any():
         return
-    i, j, _ = neighbour_list(positions, cell, pbc, MIN_DISTANCE)
+    try:  # the neighbour list refuses cells it cannot handle (e.g. 1e300 Å)
+        i, j, _ = neighbour_list(positions, cell, pbc, MIN_DISTANCE)
+    except ValueError as err:
+        raise DataError(source, index, str(err)) from err
     if len(i):
         raise DataError(
             source,

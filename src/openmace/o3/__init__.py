@@ -9,7 +9,6 @@ from openmace.o3.linear import (
     ElementLinear,
     EquivariantLinear,
     element_groups,
-    split_irreps,
 )
 from openmace.o3.spherical_harmonics import SphericalHarmonics, spherical_harmonics
 from openmace.o3.tensor_product import ChannelwiseTensorProduct
@@ -31,5 +30,4 @@ __all__ = [
     "SphericalHarmonics",
     "spherical_harmonics",
     "spherical_harmonics_irreps",
-    "split_irreps",
 ]

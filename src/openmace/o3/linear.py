@@ -16,12 +16,6 @@ from torch import nn
 from openmace.o3.irreps import Irrep
 
 
-def split_irreps(x: torch.Tensor, irreps: list[Irrep] | tuple[Irrep, ...]) -> list[torch.Tensor]:
-    """Split features ``[n, channels, dim]`` into per-irrep blocks ``[n, channels, 2l+1]``."""
-    # split (not slicing): its backward concatenates instead of zero-filling per block
-    return list(x.split([ir.dim for ir in irreps], dim=-1))
-
-
 def assemble(
     outs: list[torch.Tensor | None], dims: list[int], ref: torch.Tensor, channels: int
 ) -> torch.Tensor:
