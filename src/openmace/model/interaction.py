@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from openmace.model.edge_messages import PooledMessages
 from openmace.model.radial import MLP
 from openmace.o3 import (
     ChannelwiseTensorProduct,
@@ -83,7 +84,26 @@ class InteractionBlock(nn.Module):
             residual = self.skip(h, groups)
         x = self.linear_up(h.split(self.dims_in, dim=-1))
         x = x.transpose(1, 2).contiguous()  # [n, dim_in, c]: channels last for the edges
-        pooled = x.new_zeros((h.shape[0], self.tensor_product.dim_mid, self.channels))
+        if torch.jit.is_scripting():
+            pooled = self.messages_autograd(x, sh, radial, sender, receiver)
+        else:
+            pooled = self._messages_eager(x, sh, radial, sender, receiver)
+        a = self.linear(self.tensor_product.split_mid(pooled)) / self.avg_num_neighbors
+        if not self.residual:
+            a = self.skip(a, groups)
+        return a, residual
+
+    def messages_autograd(
+        self,
+        x: torch.Tensor,
+        sh: torch.Tensor,
+        radial: torch.Tensor,
+        sender: torch.Tensor,
+        receiver: torch.Tensor,
+    ) -> torch.Tensor:
+        """Pooled messages ``Σ_j R ⊗ Y ⊗ x_j`` (eq. 8, before the linear) ``[n, mid, c]`` with
+        differentiable operations: training, TorchScript and second derivatives."""
+        pooled = x.new_zeros((x.shape[0], self.tensor_product.dim_mid, self.channels))
         chunk = self.edge_chunk
         for start in range(0, sender.shape[0], chunk):
             stop = min(start + chunk, sender.shape[0])
@@ -92,7 +112,19 @@ class InteractionBlock(nn.Module):
             )
             messages = self.tensor_product(x[sender[start:stop]], sh[start:stop], weights)
             pooled.index_add_(0, receiver[start:stop], messages)
-        a = self.linear(self.tensor_product.split_mid(pooled)) / self.avg_num_neighbors
-        if not self.residual:
-            a = self.skip(a, groups)
-        return a, residual
+        return pooled
+
+    @torch.jit.unused
+    def _messages_eager(
+        self,
+        x: torch.Tensor,
+        sh: torch.Tensor,
+        radial: torch.Tensor,
+        sender: torch.Tensor,
+        receiver: torch.Tensor,
+    ) -> torch.Tensor:
+        """Training (weights that need gradients): :meth:`messages_autograd`; inference: the
+        same with workspace buffers and a hand-written backward (edge_messages.py)."""
+        if any(w.requires_grad for w in self.radial_mlp.weights):
+            return self.messages_autograd(x, sh, radial, sender, receiver)
+        return PooledMessages.apply(x, sh, radial, sender, receiver, self)

@@ -74,6 +74,38 @@ class MLP(nn.Module):
                 x = self.act(x)
         return x
 
+    @torch.jit.unused
+    def forward_keeping(
+        self, x: torch.Tensor, keep: list[torch.Tensor], out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """:meth:`forward` without autograd, writing each hidden layer's pre-activation into
+        ``keep`` (one preallocated tensor per hidden layer) for :meth:`input_gradient`, and the
+        result into ``out`` when given."""
+        for i, w in enumerate(self.weights[:-1]):
+            x = self.act(torch.mm(x, w.detach() * w.shape[0] ** -0.5, out=keep[i]))
+        return self.output_from_kept(x, out)
+
+    @torch.jit.unused
+    def output_from_kept(
+        self, activation: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The last layer, from the last hidden layer's activation (``act(kept[-1])``)."""
+        w = self.weights[-1].detach()
+        w = w * w.shape[0] ** -0.5
+        return torch.mm(activation, w) if out is None else torch.mm(activation, w, out=out)
+
+    @torch.jit.unused
+    def input_gradient(self, kept: list[torch.Tensor], grad_out: torch.Tensor) -> torch.Tensor:
+        """``∂(grad_out · MLP(x)) / ∂x`` from the pre-activations kept by
+        :meth:`forward_keeping`: the chain rule layer by layer, no autograd graph."""
+        grad = grad_out
+        for i in range(self.num_layers - 1, -1, -1):
+            w = self.weights[i].detach()
+            grad = grad @ (w * w.shape[0] ** -0.5).t()
+            if i > 0:  # through the normalised SiLU of the layer below
+                grad = torch.ops.aten.silu_backward(grad, kept[i - 1]) * self.act.scale
+        return grad
+
 
 class RadialEmbedding(nn.Module):
     """Bessel features times the polynomial cutoff: ``[e, 1] → [e, num_bessel]``."""

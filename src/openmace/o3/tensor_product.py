@@ -62,6 +62,19 @@ class ChannelwiseTensorProduct(nn.Module):
         self.register_buffer(
             "path_of_slot", torch.tensor(path_of_slot, dtype=torch.long), persistent=False
         )
+        # cg as a matrix [dim_sh, dim_mid · dim_in]: Y [e, dim_sh] @ it = coupling [e, mid, in]
+        self.register_buffer(
+            "cg_matrix",
+            self.cg.permute(1, 2, 0).reshape(irreps_dim(irreps_sh), -1).contiguous(),
+            persistent=False,
+        )
+        # per output irrep: (first slot, end slot, first path, end path, 2l+1); the paths of
+        # one output irrep are consecutive and so are their slots
+        self.weight_blocks: list[tuple[int, int, int, int, int]] = []
+        slot = path = 0
+        for count, ir in self.irreps_mid:
+            self.weight_blocks.append((slot, slot + count * ir.dim, path, path + count, ir.dim))
+            slot, path = slot + count * ir.dim, path + count
 
     @property
     def num_paths(self) -> int:

@@ -1,0 +1,78 @@
+"""The inference path of the edge messages (workspace buffers, hand-written backward) gives the
+autograd path's energies, forces, stress and second derivatives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from openmace.data.graph import batch_atoms
+from openmace.model import edge_messages
+from openmace.model.edge_messages import PooledMessages
+from tests.conftest import make_model, molecule, triclinic_cell
+
+VARIANTS = {
+    "default": {},
+    "L2_mixed_parity": {"hidden_irreps": "6x0e+6x1o+6x2e+6x1e", "pair_repulsion": True},
+    "one_radial_layer": {"radial_mlp": []},
+    "non_residual_first": {"correlation": 1, "max_ell": 2},
+}
+
+
+def predictions(model, graph, frozen: bool) -> dict[str, torch.Tensor]:
+    model.requires_grad_(not frozen)  # frozen weights select the inference path
+    return model(graph, compute_forces=True, compute_stress=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("keep_weights", [True, False])
+def test_inference_path_equals_autograd_path(variant, keep_weights, monkeypatch):
+    if not keep_weights:  # radial weights recomputed in the backward pass
+        monkeypatch.setattr(edge_messages, "KEEP_WEIGHTS_BYTES", 0)
+    model = make_model(**VARIANTS[variant])
+    graph = batch_atoms([molecule(), triclinic_cell(), triclinic_cell(seed=1)], model.config.r_max)
+    reference = predictions(model, graph, frozen=False)
+    for interaction in model.interactions:
+        interaction.edge_chunk = 7  # many chunks, the last one partial
+    assert graph.edge_index.shape[1] > 20 * 7
+    calls = []
+    original = PooledMessages.forward
+    monkeypatch.setattr(
+        PooledMessages, "forward", staticmethod(lambda *a: calls.append(1) or original(*a))
+    )
+    fast = predictions(model, graph, frozen=True)
+    assert len(calls) == len(model.interactions)  # the inference path did run
+    for key in ("energy", "node_energy", "forces", "stress", "virials"):
+        torch.testing.assert_close(fast[key], reference[key], rtol=0, atol=1e-12)
+
+
+def pooled_messages_case():
+    """A frozen interaction block (4-edge chunks) and random inputs for its pooled messages."""
+    model = make_model(hidden_irreps="3x0e+3x1o", radial_mlp=[5, 4])
+    model.requires_grad_(False)
+    block = model.interactions[1]
+    block.edge_chunk = 4
+    gen = torch.Generator().manual_seed(0)
+    n, e, c = 4, 9, block.channels
+    dim_in = sum(ir.dim for ir in block.irreps_in)
+    x = torch.randn(n, dim_in, c, generator=gen, requires_grad=True)
+    sh = torch.randn(e, block.tensor_product.cg_matrix.shape[0], generator=gen, requires_grad=True)
+    radial = torch.randn(e, block.radial_mlp_sizes[0], generator=gen, requires_grad=True)
+    sender = torch.randint(0, n, (e,), generator=gen)
+    receiver = torch.randint(0, n, (e,), generator=gen)
+
+    def pooled(x, sh, radial):
+        return PooledMessages.apply(x, sh, radial, sender, receiver, block)
+
+    return pooled, (x, sh, radial)
+
+
+def test_gradients_of_pooled_messages_match_finite_differences():
+    pooled, inputs = pooled_messages_case()
+    assert torch.autograd.gradcheck(pooled, inputs)
+
+
+def test_second_derivatives_fall_back_to_autograd_and_match_finite_differences():
+    """create_graph=True (Hessians, force training through frozen weights) stays exact."""
+    pooled, inputs = pooled_messages_case()
+    assert torch.autograd.gradgradcheck(pooled, inputs)
