@@ -2,6 +2,7 @@
 
     python benchmarks/compare_mace_torch.py --mace-python /path/to/venv-mace/bin/python \
         --molecule /path/to/3bpa/train_300K.xyz [--repeats 5] [--threads 2] [--cases a,b,c,d]
+        [--rmd17 /path/to/rmd17]
 
 For each model size (small 32x0e+32x1o, default 128x0e+128x1o; max_ell 3, correlation 3,
 r_max 6 Å, elements H C N O Cu) a mace-torch model is built in the mace-torch venv
@@ -10,7 +11,9 @@ energy + forces on (a) a 27-atom 3BPA molecule, (b) 64, (c) 1000 and (d) 4000-at
 float64 and float32. Each case runs in fresh processes (for peak memory), the two tools
 alternating, after checking both give the same energy. mace-torch runs with an address-space cap
 (``--mace-memory-gb``, default 16) and a timeout, so a case it cannot do is reported, not fatal.
-Prints one table: median ms per call, ratio, peak RSS.
+Prints one table: median ms per call through the calculator and through the bare model on a
+prepared graph (forces, and stress for periodic cells), ratios, peak RSS; with ``--rmd17`` also
+the time of one training epoch on aspirin.
 """
 
 from __future__ import annotations
@@ -53,7 +56,14 @@ atoms.calc = calc; energy = atoms.get_potential_energy(); times = []
 for k in range(int(sys.argv[4])):
     atoms.positions[0, 0] += 1e-6 * (-1) ** k
     start = time.perf_counter(); atoms.get_forces(); times.append(time.perf_counter() - start)
+# the bare model on a prepared graph: forces (and stress for periodic cells)
+periodic = bool(atoms.pbc.all()); graph = calc.neighbours.graph(atoms); model = calc.models[0]
+bare = []
+for k in range(int(sys.argv[4])):
+    start = time.perf_counter(); model(graph, compute_forces=True, compute_stress=periodic)
+    bare.append(time.perf_counter() - start)
 print(json.dumps({"energy": energy, "ms": 1000 * float(np.median(times)),
+                  "bare_ms": 1000 * float(np.median(bare)),
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -89,6 +99,12 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float64,float32")
     parser.add_argument("--mace-memory-gb", type=float, default=16.0)
     parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument(
+        "--rmd17",
+        type=Path,
+        help="rMD17 folder: also time one training epoch on aspirin (both tools at once, "
+        "one thread each, via rmd17.py)",
+    )
     args = parser.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     work = Path(tempfile.mkdtemp(prefix="openmace_bench_"))
@@ -164,7 +180,8 @@ def main() -> None:
     )
     print(
         f"{'model':<8}{'structure':<16}{'dtype':<9}{'mace ms':>10}{'openmace ms':>13}"
-        f"{'ratio':>7}{'mace MB':>9}{'ours MB':>9}{'dE/atom':>10}"
+        f"{'ratio':>7}{'bare mace':>11}{'bare ours':>11}{'ratio':>7}{'mace MB':>9}"
+        f"{'ours MB':>9}{'dE/atom':>10}"
     )
     for size, label, dtype, n, mace, om in rows:
         if "error" in mace or "error" in om:
@@ -175,9 +192,49 @@ def main() -> None:
         de = abs(mace["energy"] - om["energy"]) / n
         print(
             f"{size:<8}{label:<16}{dtype:<9}{mace['ms']:>10.1f}{om['ms']:>13.1f}"
-            f"{mace['ms'] / om['ms']:>7.2f}{mace['peak_mb']:>9.0f}{om['peak_mb']:>9.0f}"
+            f"{mace['ms'] / om['ms']:>7.2f}{mace['bare_ms']:>11.1f}{om['bare_ms']:>11.1f}"
+            f"{mace['bare_ms'] / om['bare_ms']:>7.2f}{mace['peak_mb']:>9.0f}{om['peak_mb']:>9.0f}"
             f"{de:>10.1e}"
         )
+    if args.rmd17:
+        training_epoch(args, env, work)
+
+
+def training_epoch(args, env: dict, work: Path) -> None:
+    """One epoch of rMD17 aspirin (950 train / 50 validation, batch 5, 64 channels, float32) of
+    each tool, run at the same time with one thread each; s/epoch includes the validation."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "rmd17.py"),
+            "--data",
+            str(args.rmd17),
+            "--molecule",
+            "aspirin",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--work",
+            str(work / "train"),
+            "--mace-python",
+            args.mace_python,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    epoch_s = {}
+    for line in done.stdout.splitlines():
+        for name in ("openmace", "mace-torch 0.3.16"):
+            if line.startswith(name + " "):
+                epoch_s[name] = float(line.split()[-1])
+    ours, mace = epoch_s["openmace"], epoch_s["mace-torch 0.3.16"]
+    print(
+        f"training epoch, rMD17 aspirin 950 structures, batch 5, float32, 1 thread each: "
+        f"mace-torch {mace:.1f} s, openmace {ours:.1f} s, ratio {mace / ours:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Worker run inside the mace-torch virtual environment by compare_mace_torch.py.
 
     python mace_torch_worker.py build CONFIG_JSON OUT_DIR     # random mace-torch model
-    python mace_torch_worker.py time MODEL_DIR XYZ DTYPE REPEATS   # time its ASE calculator
+    python mace_torch_worker.py time MODEL_DIR XYZ DTYPE REPEATS   # time calculator and model
 
 Prints one JSON object on the last line of stdout. Nothing here is imported by openmace.
 """
@@ -95,8 +95,31 @@ def time_calculator(model_dir: str, xyz: str, dtype: str, repeats: str) -> None:
         start = time.perf_counter()
         atoms.get_forces()
         times.append(time.perf_counter() - start)
+    # the bare model on a prepared batch: forces (and stress for periodic cells)
+    periodic = bool(atoms.pbc.all())
+    batch_base = calc._atoms_to_batch(atoms)
+    model = calc.models[0]
+    model_dtype = next(model.parameters()).dtype
+    bare = []
+    for _ in range(int(repeats)):
+        batch = calc._clone_batch(batch_base)
+        for key in batch.keys:
+            if torch.is_tensor(batch[key]) and torch.is_floating_point(batch[key]):
+                batch[key] = batch[key].to(dtype=model_dtype)
+        start = time.perf_counter()
+        model(batch.to_dict(), compute_stress=periodic, training=False)
+        bare.append(time.perf_counter() - start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"energy": energy, "ms": 1000 * float(np.median(times)), "peak_mb": peak_mb}))
+    print(
+        json.dumps(
+            {
+                "energy": energy,
+                "ms": 1000 * float(np.median(times)),
+                "bare_ms": 1000 * float(np.median(bare)),
+                "peak_mb": peak_mb,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

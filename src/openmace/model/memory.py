@@ -1,7 +1,8 @@
 """A cheap estimate of the memory a forward + force evaluation needs, checked before the work.
 
-The largest tensors are per-edge messages (edges × channels × message width) and per-atom
-monomials of the symmetric contraction; autograd keeps several of them for the backward pass.
+In training the largest tensors are per-edge messages (edges × channels × message width) and
+per-atom monomials of the symmetric contraction; autograd keeps several of them for the backward
+pass. With frozen weights (inference) the edge messages keep much less (edge_messages.py).
 Failing early with a clear message beats being killed by the operating system.
 """
 
@@ -9,10 +10,16 @@ from __future__ import annotations
 
 import os
 
+from openmace.model.edge_messages import KEEP_WEIGHTS_BYTES
 from openmace.o3 import irreps_dim
+
+SH_WIDTH = 16  # spherical harmonics and their intermediates per edge (max_ell 3)
 
 SAFETY = 3.0  # activations kept for backward, gradients, temporaries (measured: 2.75 GiB
 # for 128 Cu atoms, 9984 edges, 128x0e+128x1o, float64; this estimate gives 2.9 GiB)
+SAFETY_INFERENCE = 1.5  # frozen weights: what is kept is counted above; gradients and chunk
+# buffers on top (measured peak RSS above the ~0.35 GB of an idle process, Cu 1000 atoms,
+# 78000 edges, float64: 32 channels 1.2 GB, estimate 1.4 GB; 128 channels 3.0 GB, est. 3.5 GB)
 
 
 def available_bytes() -> int | None:
@@ -30,19 +37,28 @@ def available_bytes() -> int | None:
 def estimate_bytes(model, num_atoms: int, num_edges: int, itemsize: int) -> int:
     total = 0
     c = model.config.features.channels
+    # frozen weights: the inference edge messages (edge_messages.py) keep per edge only their
+    # inputs, the radial MLP's hidden layers and (up to KEEP_WEIGHTS_BYTES) its output
+    inference = not any(p.requires_grad for p in model.parameters())
     for inter, prod in zip(model.interactions, model.products):
-        width = sum(n * ir.dim for n, ir in inter.tensor_product.irreps_mid)
-        total += (
-            num_edges * c * (width + irreps_dim(inter.irreps_in) + inter.tensor_product.num_paths)
-        )
-        total += num_edges * sum(inter.radial_mlp_sizes)
+        if inference:
+            weights = inter.tensor_product.num_paths * c
+            kept = min(num_edges * weights * itemsize, KEEP_WEIGHTS_BYTES) // itemsize
+            total += kept + num_edges * (2 * sum(inter.radial_mlp_sizes[:-1]) + 2 * SH_WIDTH)
+        else:
+            width = sum(n * ir.dim for n, ir in inter.tensor_product.irreps_mid)
+            total += (
+                num_edges
+                * c
+                * (width + irreps_dim(inter.irreps_in) + inter.tensor_product.num_paths)
+            )
+            total += num_edges * sum(inter.radial_mlp_sizes)
+        # per atom: monomials of degree < ν (and their packed copy), and the top degree's
+        # intermediate R [atoms, c, dim_out, dim_in] (product.py)
         contraction = prod.contraction
-        total += (
-            num_atoms
-            * c
-            * (sum(contraction.low_counts) + contraction.top_prefix * contraction.dim_out)
-        )
-    return int(total * itemsize * SAFETY)
+        low = sum(contraction.low_counts) + contraction.dim
+        total += num_atoms * c * (2 * low + contraction.dim * contraction.dim_out)
+    return int(total * itemsize * (SAFETY_INFERENCE if inference else SAFETY))
 
 
 def check_memory(model, num_atoms: int, num_edges: int, itemsize: int) -> None:

@@ -38,9 +38,9 @@ class SymmetricContraction(nn.Module):
     """B-features and messages of eq. 10-11 for every output irrep.
 
     Degrees below ν use canonical monomials (one gather each, small). The top degree ν is
-    contracted Horner-style, as in Algorithm 1: ``Q[m] = Σ_j P_ν[m, j] A_j`` over the
-    degree-(ν-1) monomials ``m``, so the largest monomial tensor is never built and no scatter
-    appears in the backward pass.
+    contracted in two steps, as in Algorithm 1: ``R[j] = Σ_m P_ν[m, j] prev_m`` over the
+    degree-(ν-1) monomials ``m``, then ``Σ_j R[j] A_j``, so the largest monomial tensor is never
+    built and no scatter appears in the backward pass.
     """
 
     def __init__(
@@ -182,8 +182,12 @@ class SymmetricContraction(nn.Module):
     ) -> torch.Tensor:
         n_prev = self.n_prev
         a, prev = x[..., : self.dim], x[..., self.dim : self.dim + n_prev]
-        q = torch.einsum("cMmj,bcj->bcMm", p_top, a) + p_prev
-        out = torch.einsum("bcMm,bcm->bcM", q, prev)
+        # top degree: contract the degree ν-1 monomials first, R[b,c,M,j] = Σ_m P[c,M,m,j]
+        # prev[b,c,m], then with A: the intermediate (and what autograd keeps of it) has
+        # dim_in entries per output component instead of one per degree ν-1 monomial
+        r = torch.einsum("cMmj,bcm->bcMj", p_top, prev)
+        out = torch.einsum("bcMj,bcj->bcM", r, a)
+        out = out + torch.einsum("bcm,cMm->bcM", prev, p_prev)
         if p_rest.shape[-1] > 0:
             rest = x[..., self.dim + n_prev :]
             out = out + torch.einsum("bcn,cMn->bcM", rest, p_rest)
