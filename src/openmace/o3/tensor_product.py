@@ -86,7 +86,12 @@ class ChannelwiseTensorProduct(nn.Module):
         Channels are the last (contiguous) axis, so each path's weight multiplies its output
         slots elementwise over channels."""
         coupling = torch.einsum("ijp,ej->epi", self.cg, sh)
-        out = torch.bmm(coupling, x)
+        if x.shape[1] == 1:
+            # scalar inputs (first layer): a broadcast product. bmm with an inner size of 1 runs
+            # (with its first and second derivatives) as a Python-level loop over edges
+            out = coupling * x
+        else:
+            out = torch.bmm(coupling, x)
         return out * weights.index_select(1, self.path_of_slot)
 
     def split_mid(self, mid: torch.Tensor) -> list[torch.Tensor]:
