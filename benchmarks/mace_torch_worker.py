@@ -87,8 +87,14 @@ def time_calculator(model_dir: str, xyz: str, dtype: str, repeats: str) -> None:
     calc = MACECalculator(
         model_paths=str(Path(model_dir) / "model.model"), device="cpu", default_dtype=dtype
     )
+    start = time.perf_counter()
     atoms.calc = calc
     energy = atoms.get_potential_energy()
+    # mace-torch's first calls are slower (55.9 ms median of 5 calls vs 101.9 ms of 3 on 3BPA):
+    # warm up with two more calls when one call is short enough for that to matter
+    for k in range(2 if time.perf_counter() - start < 1.0 else 0):
+        atoms.positions[0, 0] += 1e-6 * (-1) ** k
+        atoms.get_forces()
     times = []
     for k in range(int(repeats)):
         atoms.positions[0, 0] += 1e-6 * (-1) ** k  # force a new calculation

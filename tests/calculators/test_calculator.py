@@ -29,6 +29,19 @@ def test_calculator_equals_model():
     assert atoms.get_potential_energies().sum() == pytest.approx(atoms.get_potential_energy())
 
 
+def test_calculator_leaves_the_callers_model_unchanged():
+    """The calculator evaluates a frozen copy in its own dtype; the model keeps training."""
+    import torch
+
+    model = make_model().to(torch.float32)
+    atoms = molecule()
+    atoms.calc = MACECalculator(model=model, dtype="float64")
+    atoms.get_forces()
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not any(p.requires_grad for p in atoms.calc.models[0].parameters())
+
+
 def test_converted_parity_model_through_the_calculator(parity_dirs):
     folder = parity_dirs["p3_periodic_L2_first_nonresidual"]
     calc = MACECalculator(model=load_mace_torch(folder))

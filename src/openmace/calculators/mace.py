@@ -7,10 +7,15 @@ Properties: ``energy``, ``free_energy`` (eV), ``forces`` (eV/Å), ``stress`` (eV
 sign; fully periodic structures only), ``energies`` (per atom, eV). Given a list of models it
 runs a committee: results are the mean, and ``energy_var`` (eV²), ``forces_var`` (eV²/Å², per
 component), ``energy_comm`` and ``forces_comm`` hold the spread and the members' values.
+
+A :class:`MACE` object passed in is copied: the calculator evaluates a frozen copy in its own
+device and dtype (the fast inference path) and never changes the caller's model; later changes
+to that model (more training) do not reach the calculator.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +60,12 @@ class MACECalculator(Calculator):
 
     def _load(self, model: str | Path | MACE) -> MACE:
         if isinstance(model, MACE):
-            return model.to(device=self.device, dtype=self.dtype)
-        loaded = load_model(model, dtype=self.dtype, device=self.device)
-        loaded.requires_grad_(False)  # inference only: no weight gradients, cached couplings
+            loaded = copy.deepcopy(model).to(device=self.device, dtype=self.dtype)
+        else:
+            loaded = load_model(model, dtype=self.dtype, device=self.device)
+        # inference only: no weight gradients, which selects the fast edge messages and the
+        # cached contraction weights
+        loaded.requires_grad_(False)
         return loaded
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
