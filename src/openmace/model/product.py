@@ -18,7 +18,7 @@ from torch import nn
 
 from openmace.o3 import ElementGroups, EquivariantLinear, Irrep, coupling_basis, irreps_dim
 from openmace.o3.coupling import monomial_recursion, monomials, tree_frame
-from openmace.o3.linear import merge_by_element, split_by_element
+from openmace.o3.linear import merge_by_element, sort_by_element, split_by_element, split_sorted
 
 
 class MonomialStep(nn.Module):
@@ -167,21 +167,40 @@ class SymmetricContraction(nn.Module):
             for element, x in split_by_element(a, groups):
                 outs.append(torch.einsum("bcn,cmn->bcm", x, p_top[element]))
             return merge_by_element(outs, groups)
+        # atoms in element order before the monomials: only A (dim_in wide) is gathered, and
+        # each element's monomials are views
+        a = sort_by_element(a, groups)
         low = self._low_monomials(a)
-        # top degree: P_top[z, c, M, m, j]; lower degrees: P_low[z, c, M, n]
-        # degree ν-1 coefficients join the Horner step: Q = P_top · A + P_{ν-1}
+        # top degree: P_top[z, c, M, m, j]; lower degrees: P_low[z, c, M, n] over the
+        # monomials of degrees 1..ν-2 ("rest") followed by those of degree ν-1 ("prev")
         split = p_low.shape[-1] - self.n_prev
         p_prev, p_rest = p_low[..., split:], p_low[..., :split]
-        packed = torch.cat([a, low[-1]] + low[:-1], dim=-1)  # A, degree ν-1, degrees 1..ν-2
-        for element, x in split_by_element(packed, groups):
-            outs.append(self._one_element(x, p_top[element], p_prev[element], p_rest[element]))
+        a_parts, prev_parts = split_sorted(a, groups), split_sorted(low[-1], groups)
+        rest_parts = a_parts
+        if len(low) > 2:
+            rest_parts = split_sorted(torch.cat(low[:-1], dim=-1), groups)
+        for k, (element, _, _) in enumerate(groups.chunks):
+            outs.append(
+                self._one_element(
+                    a_parts[k],
+                    prev_parts[k],
+                    rest_parts[k],
+                    p_top[element],
+                    p_prev[element],
+                    p_rest[element],
+                )
+            )
         return merge_by_element(outs, groups)
 
     def _one_element(
-        self, x: torch.Tensor, p_top: torch.Tensor, p_prev: torch.Tensor, p_rest: torch.Tensor
+        self,
+        a: torch.Tensor,
+        prev: torch.Tensor,
+        rest: torch.Tensor,
+        p_top: torch.Tensor,
+        p_prev: torch.Tensor,
+        p_rest: torch.Tensor,
     ) -> torch.Tensor:
-        n_prev = self.n_prev
-        a, prev = x[..., : self.dim], x[..., self.dim : self.dim + n_prev]
         # top degree: contract the degree ν-1 monomials first, R[b,c,M,j] = Σ_m P[c,M,m,j]
         # prev[b,c,m], then with A: the intermediate (and what autograd keeps of it) has
         # dim_in entries per output component instead of one per degree ν-1 monomial
@@ -189,7 +208,6 @@ class SymmetricContraction(nn.Module):
         out = torch.einsum("bcMj,bcj->bcM", r, a)
         out = out + torch.einsum("bcm,cMm->bcM", prev, p_prev)
         if p_rest.shape[-1] > 0:
-            rest = x[..., self.dim + n_prev :]
             out = out + torch.einsum("bcn,cMn->bcM", rest, p_rest)
         return out
 

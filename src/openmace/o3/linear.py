@@ -91,12 +91,20 @@ def element_groups(species: torch.Tensor, num_elements: int) -> ElementGroups:
     return ElementGroups(order, inverse, chunks)
 
 
+def sort_by_element(x: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
+    """Rows of ``x`` in element order (``x`` itself when one element is present)."""
+    return x if len(groups.chunks) == 1 else x[groups.order]
+
+
+def split_sorted(x: torch.Tensor, groups: ElementGroups) -> list[torch.Tensor]:
+    """Per-element row blocks (views) of a tensor already in element order."""
+    sizes = [stop - start for _, start, stop in groups.chunks]
+    return list(x.split(sizes, dim=0))
+
+
 def split_by_element(x: torch.Tensor, groups: ElementGroups) -> list[tuple[int, torch.Tensor]]:
     """``(element, rows of x of that element)`` for every element present."""
-    if len(groups.chunks) == 1:
-        return [(groups.chunks[0][0], x)]
-    sizes = [stop - start for _, start, stop in groups.chunks]
-    parts = x[groups.order].split(sizes, dim=0)
+    parts = split_sorted(sort_by_element(x, groups), groups)
     return [(groups.chunks[k][0], parts[k]) for k in range(len(parts))]
 
 
