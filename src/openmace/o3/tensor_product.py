@@ -87,11 +87,11 @@ class ChannelwiseTensorProduct(nn.Module):
         slots elementwise over channels."""
         coupling = torch.einsum("ijp,ej->epi", self.cg, sh)
         if x.shape[1] == 1:
-            # scalar inputs (first layer): a broadcast product. bmm with an inner size of 1 runs
-            # (with its first and second derivatives) as a Python-level loop over edges
-            out = coupling * x
-        else:
-            out = torch.bmm(coupling, x)
+            # scalar inputs (first layer): weight the scalars per path first ([e, paths, c],
+            # small), then one broadcast product with the coupling. (bmm with an inner size of
+            # 1 runs, with its derivatives, as a loop over edges.)
+            return coupling * (x * weights).index_select(1, self.path_of_slot)
+        out = torch.bmm(coupling, x)
         return out * weights.index_select(1, self.path_of_slot)
 
     def split_mid(self, mid: torch.Tensor) -> list[torch.Tensor]:
