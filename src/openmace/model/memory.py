@@ -53,11 +53,11 @@ def estimate_bytes(model, num_atoms: int, num_edges: int, itemsize: int) -> int:
                 * (width + irreps_dim(inter.irreps_in) + inter.tensor_product.num_paths)
             )
             total += num_edges * sum(inter.radial_mlp_sizes)
-        # per atom: monomials of degree < ν (and their packed copy), and the top degree's
-        # intermediate R [atoms, c, dim_out, dim_in] (product.py)
+        # per atom (product.py): the monomials of every degree, their gathered factors (kept by
+        # autograd for the backward pass) and the concatenated features P is applied to
         contraction = prod.contraction
-        low = sum(contraction.low_counts) + contraction.dim
-        total += num_atoms * c * (2 * low + contraction.dim * contraction.dim_out)
+        monomials = contraction.step_bounds[-1] + contraction.dim
+        total += num_atoms * c * (3 * monomials + contraction.width + contraction.dim_out)
     return int(total * itemsize * (SAFETY_INFERENCE if inference else SAFETY))
 
 
