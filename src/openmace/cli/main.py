@@ -7,6 +7,7 @@ import logging
 import sys
 
 from openmace.cli import convert, demo, eval, export, info, md, train
+from openmace.cli.allocator import keep_freed_memory
 
 COMMANDS = {
     "train": train,
@@ -17,6 +18,7 @@ COMMANDS = {
     "export": export,
     "info": info,
 }
+LONG_RUNNING = ("train", "eval", "md")  # commands that run with malloc keeping freed memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command in LONG_RUNNING:
+        keep_freed_memory()
     try:
         return COMMANDS[args.command].run(args) or 0
     except (ValueError, FileNotFoundError, MemoryError) as err:
