@@ -177,7 +177,7 @@ class SymmetricContraction(nn.Module):
             return p, p.new_zeros(0)
         z, c = p.shape[0], p.shape[1]
         top = p.new_zeros((z, c, self.dim_out, self.dim * self.num_prev))
-        top = top.index_copy(-1, self.top_slots, p[..., self.low_width :])
+        top.index_copy_(-1, self.top_slots, p[..., self.low_width :])
         return p[..., : self.low_width], top.view(z, c, self.dim_out * self.dim, self.num_prev)
 
     @torch.jit.unused
@@ -223,11 +223,14 @@ class SymmetricContraction(nn.Module):
             p, p_top = self._coupled()
         x = sort_by_element(a, groups).permute(1, 2, 0).contiguous()  # [c, dim, atoms]
         features, prev = self.monomial_features(x)
+        # per-element weights by unbind: in training its backward stacks the elements' gradients
+        # once, where indexing would fill a zero tensor of all elements per element
+        p_parts, top_parts = p.unbind(0), p_top.unbind(0)
         outs: list[torch.Tensor] = []
         for element, start, stop in groups.chunks:
-            out = torch.bmm(p[element], features[:, :, start:stop])
+            out = torch.bmm(p_parts[element], features[:, :, start:stop])
             if self.top_by_prefix:
-                r = torch.bmm(p_top[element], prev[:, :, start:stop])  # [c, M·dim, atoms]
+                r = torch.bmm(top_parts[element], prev[:, :, start:stop])  # [c, M·dim, atoms]
                 r = r.view(r.shape[0], self.dim_out, self.dim, stop - start)
                 out = out + (r * x[:, None, :, start:stop]).sum(2)
             outs.append(out)
