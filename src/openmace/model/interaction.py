@@ -127,6 +127,12 @@ class InteractionBlock(nn.Module):
     ) -> torch.Tensor:
         """Training (weights that need gradients): :meth:`messages_autograd`; inference: the
         same with workspace buffers and a hand-written backward (edge_messages.py)."""
-        if any(w.requires_grad for w in self.radial_mlp.weights):
+        if not self.uses_inference_path():
             return self.messages_autograd(x, sh, radial, sender, receiver)
         return PooledMessages.apply(x, sh, radial, sender, receiver, self)
+
+    @torch.jit.unused
+    def uses_inference_path(self) -> bool:
+        """True when no radial weight needs a gradient: the edge messages then run in
+        edge_messages.py (the memory estimate asks the same question)."""
+        return not any(w.requires_grad for w in self.radial_mlp.weights)

@@ -41,9 +41,9 @@ def estimate_bytes(model, num_atoms: int, num_edges: int, itemsize: int) -> int:
     c = model.config.features.channels
     # frozen weights: the inference edge messages (edge_messages.py) keep per edge only their
     # inputs, the radial MLP's hidden layers and (up to KEEP_WEIGHTS_BYTES) its output
-    # (the test the interaction blocks use to pick their path; scanning every parameter cost
-    # 0.5 ms per call, a tenth of a 3-atom evaluation)
-    inference = not any(w.requires_grad for i in model.interactions for w in i.radial_mlp.weights)
+    # (asked of the blocks, not of every parameter: that scan cost 0.5 ms per call, a tenth of a
+    # 3-atom evaluation)
+    inference = all(block.uses_inference_path() for block in model.interactions)
     for inter, prod in zip(model.interactions, model.products):
         if inference:
             weights = inter.tensor_product.num_paths * c

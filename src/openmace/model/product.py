@@ -164,7 +164,7 @@ class SymmetricContraction(nn.Module):
         else:
             slots = []
         self.register_buffer("top_slots", torch.tensor(slots, dtype=torch.long), persistent=False)
-        self._cache: dict = {}
+        self._cached: tuple | None = None  # (version key, contracted weights)
         # P of a frozen copy (see freeze()): the form TorchScript export runs with
         self.register_buffer("frozen_p", torch.zeros(0, dtype=dtype), persistent=False)
         self.register_buffer("frozen_top", torch.zeros(0, dtype=dtype), persistent=False)
@@ -195,11 +195,9 @@ class SymmetricContraction(nn.Module):
         if any(w.requires_grad for w in weights):
             return self._split_top(self._contract_weights())
         key = (weights[0].dtype, weights[0].device, *(w._version for w in weights))
-        cached = self._cache.get("p")
-        if cached is None or cached[0] != key:
-            cached = (key, self._split_top(self._contract_weights()))
-            self._cache["p"] = cached
-        return cached[1]
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self._split_top(self._contract_weights()))
+        return self._cached[1]
 
     def freeze(self) -> None:
         """Store the contracted weights as a buffer: the form TorchScript export runs with."""

@@ -96,15 +96,10 @@ def sort_by_element(x: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
     return x if len(groups.chunks) == 1 else x[groups.order]
 
 
-def split_sorted(x: torch.Tensor, groups: ElementGroups) -> list[torch.Tensor]:
-    """Per-element row blocks (views) of a tensor already in element order."""
-    sizes = [stop - start for _, start, stop in groups.chunks]
-    return list(x.split(sizes, dim=0))
-
-
 def split_by_element(x: torch.Tensor, groups: ElementGroups) -> list[tuple[int, torch.Tensor]]:
     """``(element, rows of x of that element)`` for every element present."""
-    parts = split_sorted(sort_by_element(x, groups), groups)
+    sizes = [stop - start for _, start, stop in groups.chunks]
+    parts = sort_by_element(x, groups).split(sizes, dim=0)
     return [(groups.chunks[k][0], parts[k]) for k in range(len(parts))]
 
 
