@@ -231,13 +231,20 @@ class SymmetricContraction(nn.Module):
         # per-element weights by unbind: in training its backward stacks the elements' gradients
         # once, where indexing would fill a zero tensor of all elements per element
         p_parts, top_parts = p.unbind(0), p_top.unbind(0)
+        # atoms of each element by split, not by slicing: the backward of a split is one
+        # concatenation, that of each slice a zero tensor of all atoms (a quarter of the
+        # contraction's backward on a 27-atom molecule with four elements)
+        sizes = [stop - start for _, start, stop in groups.chunks]
+        x_parts, feature_parts = x.split(sizes, dim=2), features.split(sizes, dim=2)
+        prev_parts = prev.split(sizes, dim=2) if self.top_by_prefix else x_parts
         outs: list[torch.Tensor] = []
-        for element, start, stop in groups.chunks:
-            out = torch.bmm(p_parts[element], features[:, :, start:stop])
+        for k, chunk in enumerate(groups.chunks):
+            element, atoms = chunk[0], sizes[k]
+            out = torch.bmm(p_parts[element], feature_parts[k])
             if self.top_by_prefix:
-                r = torch.bmm(top_parts[element], prev[:, :, start:stop])  # [c, M·dim, atoms]
-                r = r.view(r.shape[0], self.dim_out, self.dim, stop - start)
-                out = out + (r * x[:, None, :, start:stop]).sum(2)
+                r = torch.bmm(top_parts[element], prev_parts[k])  # [c, M·dim, atoms]
+                r = r.view(r.shape[0], self.dim_out, self.dim, atoms)
+                out = out + (r * x_parts[k].unsqueeze(1)).sum(2)
             outs.append(out)
         out = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).permute(2, 0, 1)
         if len(groups.chunks) == 1:
