@@ -46,33 +46,38 @@ def test_inference_path_equals_autograd_path(variant, keep_weights, monkeypatch)
         torch.testing.assert_close(fast[key], reference[key], rtol=0, atol=1e-12)
 
 
-def pooled_messages_case():
-    """A frozen interaction block (4-edge chunks) and random inputs for its pooled messages."""
+def pooled_messages_case(paired: bool = False):
+    """A frozen interaction block (4-edge chunks) and random inputs for its pooled messages;
+    ``paired``: the second half of the edges reverses the first and the radial features are
+    given for the first half only (paired_edges in graph.py)."""
     model = make_model(hidden_irreps="3x0e+3x1o", radial_mlp=[5, 4])
     model.requires_grad_(False)
     block = model.interactions[1]
     block.edge_chunk = 4
     gen = torch.Generator().manual_seed(0)
-    n, e, c = 4, 9, block.channels
+    n, e, c = 4, 10 if paired else 9, block.channels
     dim_in = sum(ir.dim for ir in block.irreps_in)
     x = torch.randn(n, dim_in, c, generator=gen, requires_grad=True)
     sh = torch.randn(e, block.tensor_product.cg_matrix.shape[0], generator=gen, requires_grad=True)
-    radial = torch.randn(e, block.radial_mlp_sizes[0], generator=gen, requires_grad=True)
+    rows = e // 2 if paired else e
+    radial = torch.randn(rows, block.radial_mlp_sizes[0], generator=gen, requires_grad=True)
     sender = torch.randint(0, n, (e,), generator=gen)
     receiver = torch.randint(0, n, (e,), generator=gen)
+    if paired:
+        sender[rows:], receiver[rows:] = receiver[:rows], sender[:rows]
 
     def pooled(x, sh, radial):
         return PooledMessages.apply(x, sh, radial, sender, receiver, block)
 
-    return pooled, (x, sh, radial)
+    return pooled, (x, sh, radial), (block, sender, receiver)
 
 
 def test_gradients_of_pooled_messages_match_finite_differences():
-    pooled, inputs = pooled_messages_case()
+    pooled, inputs, _ = pooled_messages_case()
     assert torch.autograd.gradcheck(pooled, inputs)
 
 
 def test_second_derivatives_fall_back_to_autograd_and_match_finite_differences():
     """create_graph=True (Hessians, force training through frozen weights) stays exact."""
-    pooled, inputs = pooled_messages_case()
+    pooled, inputs, _ = pooled_messages_case()
     assert torch.autograd.gradgradcheck(pooled, inputs)

@@ -3,6 +3,11 @@
 A :class:`Graph` is a plain bundle of tensors. Edges run from ``sender`` to ``receiver``; the edge
 vector is ``r_receiver - r_sender + unit_shift · cell`` (periodic images keep their own edge; an
 atom's own image in a neighbouring cell is a neighbour, the atom itself is not).
+
+Edge order: the graphs built here list every pair once, then the same pairs reversed in the same
+order (edge ``e + H`` is edge ``e`` backwards, with the opposite shift). An edge and its reverse
+have the same length, so the model evaluates the radial features and the radial MLP once per pair
+(:func:`paired_edges`); any other order is valid too and gets one evaluation per edge.
 """
 
 from __future__ import annotations
@@ -60,11 +65,26 @@ def neighbour_list(
         )
     if not any(periodic):
         box = np.zeros((3, 3))
-    i, j, s = NeighborList(cutoff=cutoff, full_list=True).compute(
+    i, j, s = NeighborList(cutoff=cutoff, full_list=False).compute(
         points=np.asarray(positions, dtype=np.float64), box=box, periodic=periodic, quantities="ijS"
     )
     keep = ~((i == j) & np.all(s == 0, axis=1))
-    return i[keep].astype(np.int64), j[keep].astype(np.int64), s[keep].astype(np.float64)
+    i, j, s = i[keep].astype(np.int64), j[keep].astype(np.int64), s[keep].astype(np.float64)
+    # every pair once, then reversed (see the module docstring)
+    return np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([s, -s])
+
+
+def paired_edges(edge_index: torch.Tensor, unit_shifts: torch.Tensor) -> int:
+    """``H`` if edge ``e + H`` is edge ``e`` reversed for every ``e < H`` (with ``2H`` edges),
+    else 0 (also for no edges)."""
+    num_edges = edge_index.shape[1]
+    if num_edges == 0 or num_edges % 2 == 1:
+        return 0
+    half = num_edges // 2
+    reversed_ok = torch.equal(edge_index[:, half:], edge_index[:, :half].flip(0))
+    if reversed_ok and torch.equal(unit_shifts[half:], -unit_shifts[:half]):
+        return half
+    return 0
 
 
 def graph_from_atoms(atoms: ase.Atoms, cutoff: float) -> Graph:
@@ -86,16 +106,28 @@ def graph_from_atoms(atoms: ase.Atoms, cutoff: float) -> Graph:
 
 
 def collate(graphs: list[Graph]) -> Graph:
-    """Concatenate graphs into one batch (edge indices offset by the atoms before them)."""
+    """Concatenate graphs into one batch (edge indices offset by the atoms before them). When
+    every graph's edges are paired (:func:`paired_edges`), so are the batch's: all first halves,
+    then all second halves."""
     offsets = np.cumsum([0] + [len(g.positions) for g in graphs[:-1]])
     graph_offsets = np.cumsum([0] + [g.num_graphs for g in graphs[:-1]])
+    edge_index = [g.edge_index + int(o) for g, o in zip(graphs, offsets)]
+    unit_shifts = [g.unit_shifts for g in graphs]
+    halves = [paired_edges(g.edge_index, g.unit_shifts) for g in graphs]
+    if len(graphs) > 1 and all(h > 0 or g.edge_index.shape[1] == 0 for h, g in zip(halves, graphs)):
+        edge_index = [e[:, :h] for e, h in zip(edge_index, halves)] + [
+            e[:, h:] for e, h in zip(edge_index, halves)
+        ]
+        unit_shifts = [u[:h] for u, h in zip(unit_shifts, halves)] + [
+            u[h:] for u, h in zip(unit_shifts, halves)
+        ]
     return Graph(
         positions=torch.cat([g.positions for g in graphs]),
         atomic_numbers=torch.cat([g.atomic_numbers for g in graphs]),
         cell=torch.cat([g.cell for g in graphs]),
         pbc=torch.cat([g.pbc for g in graphs]),
-        edge_index=torch.cat([g.edge_index + int(o) for g, o in zip(graphs, offsets)], dim=1),
-        unit_shifts=torch.cat([g.unit_shifts for g in graphs]),
+        edge_index=torch.cat(edge_index, dim=1),
+        unit_shifts=torch.cat(unit_shifts),
         batch=torch.cat([g.batch + int(o) for g, o in zip(graphs, graph_offsets)]),
         num_graphs=sum(g.num_graphs for g in graphs),
     )

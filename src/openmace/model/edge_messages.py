@@ -63,6 +63,7 @@ def _workspace(block: InteractionBlock, x: torch.Tensor, rows: int) -> _Workspac
             "product": (mid, c),
             "grad": (mid, c),
             "grad_weights": (tp.num_paths, c),
+            "grad_weights_reverse": (tp.num_paths, c),
             "grad_x": (dim_in, c),
             "grad_coupling": (mid, dim_in),
         }
@@ -127,6 +128,12 @@ MIN_CHUNK_EDGES = 128
 KEEP_WEIGHTS_BYTES = 1 << 30
 
 
+def _pair_offsets(num_radial: int, num_edges: int) -> list[int]:
+    """Where each chunk of radial rows applies: its edges, and (when the radial rows cover half
+    the edges, the second half being the first reversed) also the reverse edges."""
+    return [0] if num_radial == num_edges else [0, num_radial]
+
+
 def _chunk_edges(block: InteractionBlock, x: torch.Tensor) -> int:
     """Edges per chunk: cache-sized on CPUs, and never more than the block's ``edge_chunk``."""
     if x.device.type != "cpu":
@@ -138,7 +145,9 @@ def _chunk_edges(block: InteractionBlock, x: torch.Tensor) -> int:
 
 
 class PooledMessages(torch.autograd.Function):
-    """``(x [n, dim_in, c], Y [e, dim_sh], radial [e, nb]) → pooled [n, dim_mid, c]``."""
+    """``(x [n, dim_in, c], Y [e, dim_sh], radial [e or e/2, nb]) → pooled [n, dim_mid, c]``
+    (``e/2`` radial rows: edge ``i + e/2`` is edge ``i`` reversed and shares its radial weights).
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -153,20 +162,24 @@ class PooledMessages(torch.autograd.Function):
         tp, mlp = block.tensor_product, block.radial_mlp
         n, dim_in, c = x.shape
         chunk = _chunk_edges(block, x)
-        num_edges, width = sh.shape[0], tp.num_paths * c
+        num_radial, width = radial.shape[0], tp.num_paths * c
+        offsets = _pair_offsets(num_radial, sh.shape[0])
         pooled = x.new_zeros((n, tp.dim_mid, c))
         work = _workspace(block, x, chunk)
         # the MLP's hidden pre-activations (and its output while small) for the backward pass
-        kept = [x.new_empty((num_edges, w.shape[1])) for w in mlp.weights[:-1]]
-        keep_weights = num_edges * width * x.element_size() <= KEEP_WEIGHTS_BYTES
-        all_weights = x.new_empty((num_edges, width)) if keep_weights else None
-        for a in range(0, num_edges, chunk):
-            b = min(a + chunk, num_edges)
-            _, _, product = _coupled(tp, x, sh[a:b], sender[a:b], work, b - a)
+        kept = [x.new_empty((num_radial, w.shape[1])) for w in mlp.weights[:-1]]
+        keep_weights = num_radial * width * x.element_size() <= KEEP_WEIGHTS_BYTES
+        all_weights = x.new_empty((num_radial, width)) if keep_weights else None
+        for a in range(0, num_radial, chunk):
+            b = min(a + chunk, num_radial)
             out = all_weights[a:b] if all_weights is not None else None
             weights = mlp.forward_keeping(radial[a:b], [z[a:b] for z in kept], out)
-            _scale_by_path(tp, product, weights.view(b - a, tp.num_paths, c))
-            pooled.index_add_(0, receiver[a:b], product)
+            weights = weights.view(b - a, tp.num_paths, c)
+            for offset in offsets:  # the chunk's edges, then their reverses if paired
+                e0, e1 = a + offset, b + offset
+                _, _, product = _coupled(tp, x, sh[e0:e1], sender[e0:e1], work, b - a)
+                _scale_by_path(tp, product, weights)
+                pooled.index_add_(0, receiver[e0:e1], product)
         ctx.save_for_backward(x, sh, radial, sender, receiver, all_weights, *kept)
         ctx.block = block
         return pooled
@@ -182,39 +195,52 @@ class PooledMessages(torch.autograd.Function):
             return (*grads, None, None, None)
         need_x, need_sh, need_radial = ctx.needs_input_grad[:3]
         n, dim_in, c = x.shape
-        num_edges, mid = sh.shape[0], tp.dim_mid
+        num_radial, mid = radial.shape[0], tp.dim_mid
+        offsets = _pair_offsets(num_radial, sh.shape[0])
         grad_pooled = grad_pooled.contiguous()
         grad_x = torch.zeros_like(x) if need_x else None
         grad_sh = torch.empty_like(sh) if need_sh else None
         grad_radial = torch.empty_like(radial) if need_radial else None
         work = _workspace(block, x, chunk)
-        for a in range(0, num_edges, chunk):
-            b = min(a + chunk, num_edges)
+        for a in range(0, num_radial, chunk):
+            b = min(a + chunk, num_radial)
             k = b - a
-            xs, coupling, product = _coupled(tp, x, sh[a:b], sender[a:b], work, k)
-            grad = torch.index_select(grad_pooled, 0, receiver[a:b], out=work("grad", k))
             if all_weights is not None:
                 weights = all_weights[a:b]
             else:
                 weights = mlp.output_from_kept(mlp.act(kept[-1][a:b]) if kept else radial[a:b])
             weights = weights.view(k, tp.num_paths, c)
+            grad_weights = work("grad_weights", k)
+            for pass_index, offset in enumerate(offsets):
+                e0, e1 = a + offset, b + offset
+                xs, coupling, product = _coupled(tp, x, sh[e0:e1], sender[e0:e1], work, k)
+                grad = torch.index_select(grad_pooled, 0, receiver[e0:e1], out=work("grad", k))
+                if need_radial:  # radial weights' gradient, summed over an edge and its reverse
+                    product.mul_(grad)
+                    if pass_index == 0:
+                        _sum_by_path(tp, product, grad_weights)
+                    else:
+                        reverse = work("grad_weights_reverse", k)
+                        _sum_by_path(tp, product, reverse)
+                        grad_weights.add_(reverse)
+                _scale_by_path(tp, grad, weights)  # gradient with respect to the unweighted product
+                if need_x:
+                    if dim_in == 1:
+                        grad_xs = torch.sum(coupling * grad, dim=1, keepdim=True)
+                    else:
+                        grad_xs = torch.bmm(coupling.transpose(1, 2), grad, out=work("grad_x", k))
+                    grad_x.index_add_(0, sender[e0:e1], grad_xs)
+                if need_sh:
+                    grad_coupling = torch.bmm(
+                        grad, xs.transpose(1, 2), out=work("grad_coupling", k)
+                    )
+                    torch.mm(
+                        grad_coupling.view(k, mid * dim_in), tp.cg_matrix.t(), out=grad_sh[e0:e1]
+                    )
             if need_radial:
-                product.mul_(grad)
-                grad_weights = work("grad_weights", k)
-                _sum_by_path(tp, product, grad_weights)
                 grad_radial[a:b] = mlp.input_gradient(
                     [z[a:b] for z in kept], grad_weights.view(k, -1)
                 )
-            _scale_by_path(tp, grad, weights)  # gradient with respect to the unweighted product
-            if need_x:
-                if dim_in == 1:
-                    grad_xs = torch.sum(coupling * grad, dim=1, keepdim=True)
-                else:
-                    grad_xs = torch.bmm(coupling.transpose(1, 2), grad, out=work("grad_x", k))
-                grad_x.index_add_(0, sender[a:b], grad_xs)
-            if need_sh:
-                grad_coupling = torch.bmm(grad, xs.transpose(1, 2), out=work("grad_coupling", k))
-                torch.mm(grad_coupling.view(k, mid * dim_in), tp.cg_matrix.t(), out=grad_sh[a:b])
         return grad_x, grad_sh, grad_radial, None, None, None
 
 

@@ -80,7 +80,10 @@ class InteractionBlock(nn.Module):
         sender: torch.Tensor,
         receiver: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``h [n, c, dim_in]`` → (A-features ``[n, c, dim_target]``, residual or None)."""
+        """``h [n, c, dim_in]`` → (A-features ``[n, c, dim_target]``, residual or None).
+
+        ``radial`` holds the radial features of every edge, or of the first half of the edges
+        only when the second half are their reverses in the same order (same lengths)."""
         residual: torch.Tensor | None = None
         if self.residual:
             residual = self.skip(h, groups)
@@ -107,13 +110,18 @@ class InteractionBlock(nn.Module):
         differentiable operations: training, TorchScript and second derivatives."""
         pooled = x.new_zeros((x.shape[0], self.tensor_product.dim_mid, self.channels))
         chunk = self.edge_chunk
-        for start in range(0, sender.shape[0], chunk):
-            stop = min(start + chunk, sender.shape[0])
+        num_radial = radial.shape[0]
+        # radial rows for half the edges: edge e and its reverse e + num_radial share them
+        offsets = [0] if num_radial == sender.shape[0] else [0, num_radial]
+        for start in range(0, num_radial, chunk):
+            stop = min(start + chunk, num_radial)
             weights = self.radial_mlp(radial[start:stop]).view(
                 stop - start, self.tensor_product.num_paths, self.channels
             )
-            messages = self.tensor_product(x[sender[start:stop]], sh[start:stop], weights)
-            pooled.index_add_(0, receiver[start:stop], messages)
+            for offset in offsets:
+                a, b = start + offset, stop + offset
+                messages = self.tensor_product(x[sender[a:b]], sh[a:b], weights)
+                pooled.index_add_(0, receiver[a:b], messages)
         return pooled
 
     @torch.jit.unused

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from openmace.data.graph import Graph
+from openmace.data.graph import Graph, paired_edges
 from openmace.model.config import MACEConfig
 from openmace.model.interaction import InteractionBlock
 from openmace.model.memory import check_memory
@@ -174,7 +174,10 @@ class MACE(nn.Module):
         vectors = positions[receiver] - positions[sender] + shifts
         lengths = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
         sh = self.spherical_harmonics(vectors)
-        radial = self.radial(lengths)
+        # an edge and its reverse have the same length: radial features (and the radial MLPs of
+        # the interactions) once per pair when the edges come in reversed halves
+        pairs = paired_edges(edge_index, unit_shifts)
+        radial = self.radial(lengths[:pairs] if pairs > 0 else lengths)
 
         num_atoms = positions.shape[0]
         site = positions.new_zeros(num_atoms)
