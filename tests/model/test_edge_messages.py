@@ -1,5 +1,6 @@
-"""The inference path of the edge messages (workspace buffers, hand-written backward) gives the
-autograd path's energies, forces, stress and second derivatives."""
+"""The inference path of the edge messages (compiled kernels, or workspace buffers and a
+hand-written backward) gives the autograd path's energies, forces, stress and second
+derivatives."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from openmace.data.graph import batch_atoms
 from openmace.model import edge_messages
 from openmace.model.edge_messages import PooledMessages
 from tests.conftest import make_model, molecule, triclinic_cell
+from tests.model.conftest import compiler_available
 
 VARIANTS = {
     "default": {},
@@ -26,9 +28,12 @@ def predictions(model, graph, frozen: bool) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("keep_weights", [True, False])
-def test_inference_path_equals_autograd_path(variant, keep_weights, monkeypatch):
-    if not keep_weights:  # radial weights recomputed in the backward pass
+def test_inference_path_equals_autograd_path(
+    variant, keep_weights, edge_implementation, monkeypatch
+):
+    if not keep_weights:  # radial weights recomputed in the backward pass, chunk by chunk
         monkeypatch.setattr(edge_messages, "KEEP_WEIGHTS_BYTES", 0)
+        monkeypatch.setattr(edge_messages, "FUSED_CHUNK_BYTES", 1)  # one radial row per call
     model = make_model(**VARIANTS[variant])
     graph = batch_atoms([molecule(), triclinic_cell(), triclinic_cell(seed=1)], model.config.r_max)
     reference = predictions(model, graph, frozen=False)
@@ -72,12 +77,42 @@ def pooled_messages_case(paired: bool = False):
     return pooled, (x, sh, radial), (block, sender, receiver)
 
 
-def test_gradients_of_pooled_messages_match_finite_differences():
+def test_gradients_of_pooled_messages_match_finite_differences(edge_implementation):
     pooled, inputs, _ = pooled_messages_case()
     assert torch.autograd.gradcheck(pooled, inputs)
 
 
-def test_second_derivatives_fall_back_to_autograd_and_match_finite_differences():
+def test_second_derivatives_fall_back_to_autograd_and_match_finite_differences(
+    edge_implementation,
+):
     """create_graph=True (Hessians, force training through frozen weights) stays exact."""
     pooled, inputs, _ = pooled_messages_case()
     assert torch.autograd.gradgradcheck(pooled, inputs)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_kernels_equal_pytorch_operations_on_a_large_cell(threads, dtype, monkeypatch):
+    """Enough edges for the kernels to split the radial rows between threads; float32 too."""
+    if not compiler_available():
+        pytest.skip("no C++ compiler or ninja")
+    model = make_model(hidden_irreps="16x0e+16x1o").to(dtype)
+    model.requires_grad_(False)
+    atoms = triclinic_cell() * (2, 2, 2)
+    graph = batch_atoms([atoms], model.config.r_max)
+    assert graph.edge_index.shape[1] > 4 * 64 * 2  # rows for two threads
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        monkeypatch.setenv("OPENMACE_KERNELS", "0")
+        reference = model(graph, compute_stress=True)
+        monkeypatch.setenv("OPENMACE_KERNELS", "1")
+        compiled = model(graph, compute_stress=True)
+    finally:
+        torch.set_num_threads(previous)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-4
+    for key in ("energy", "forces", "stress"):
+        scale = reference[key].abs().max().clamp(min=1.0)
+        torch.testing.assert_close(
+            compiled[key] / scale, reference[key] / scale, rtol=0, atol=tolerance
+        )

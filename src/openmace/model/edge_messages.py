@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from openmace.kernels import edge_kernels
 from openmace.o3 import ChannelwiseTensorProduct
 
 if TYPE_CHECKING:
@@ -131,7 +132,61 @@ KEEP_WEIGHTS_BYTES = 1 << 30
 def _pair_offsets(num_radial: int, num_edges: int) -> list[int]:
     """Where each chunk of radial rows applies: its edges, and (when the radial rows cover half
     the edges, the second half being the first reversed) also the reverse edges."""
-    return [0] if num_radial == num_edges else [0, num_radial]
+    return [0] if num_radial == num_edges else [0, num_radial]  # [-1]: 0 or the half
+
+
+# radial weights of one chunk of radial rows in the compiled-kernel path when they are not all
+# kept (more than KEEP_WEIGHTS_BYTES); each chunk also costs the kernels a zeroed copy of the
+# pooled features per extra thread, so chunks are large
+FUSED_CHUNK_BYTES = 256 << 20
+
+
+def _kernels(x: torch.Tensor):
+    """The compiled edge kernels for CPU tensors of float32/float64, else None."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return None
+    return edge_kernels()
+
+
+def _fused_rows(x: torch.Tensor, width: int) -> int:
+    return max(1, FUSED_CHUNK_BYTES // (width * x.element_size()))
+
+
+def _fused_backward(
+    kernels, block, grad_pooled, x, sh, radial, sender, receiver, all_weights, kept
+):
+    """Gradients with respect to (x, Y, radial features) through the compiled kernels."""
+    tp, mlp = block.tensor_product, block.radial_mlp
+    num_radial, c = radial.shape[0], x.shape[2]
+    half = _pair_offsets(num_radial, sh.shape[0])[-1]
+    chunk = max(num_radial, 1) if all_weights is not None else _fused_rows(x, tp.num_paths * c)
+    grad_pooled = grad_pooled.contiguous()
+    grad_x = torch.zeros_like(x)
+    grad_sh = torch.zeros_like(sh)
+    grad_radial = torch.empty_like(radial)
+    for a in range(0, num_radial, chunk):
+        b = min(a + chunk, num_radial)
+        if all_weights is not None:
+            weights = all_weights[a:b]
+        else:
+            weights = mlp.output_from_kept(mlp.act(kept[-1][a:b]) if kept else radial[a:b])
+        grad_weights = x.new_zeros((b - a, tp.num_paths, c))
+        kernels.pooled_backward(
+            grad_x,
+            grad_sh,
+            grad_weights,
+            x,
+            sh,
+            weights.view(b - a, tp.num_paths, c),
+            sender,
+            receiver,
+            a,
+            half,
+            *tp.sparse_cg(),
+            grad_pooled,
+        )
+        grad_radial[a:b] = mlp.input_gradient([z[a:b] for z in kept], grad_weights.view(b - a, -1))
+    return grad_x, grad_sh, grad_radial
 
 
 def _chunk_edges(block: InteractionBlock, x: torch.Tensor) -> int:
@@ -161,25 +216,39 @@ class PooledMessages(torch.autograd.Function):
     ) -> torch.Tensor:
         tp, mlp = block.tensor_product, block.radial_mlp
         n, dim_in, c = x.shape
-        chunk = _chunk_edges(block, x)
         num_radial, width = radial.shape[0], tp.num_paths * c
         offsets = _pair_offsets(num_radial, sh.shape[0])
+        kernels = _kernels(x)
+        if kernels is not None:  # the kernels read raw memory: dense row-major inputs
+            sh, sender, receiver = sh.contiguous(), sender.contiguous(), receiver.contiguous()
         pooled = x.new_zeros((n, tp.dim_mid, c))
-        work = _workspace(block, x, chunk)
         # the MLP's hidden pre-activations (and its output while small) for the backward pass
         kept = [x.new_empty((num_radial, w.shape[1])) for w in mlp.weights[:-1]]
         keep_weights = num_radial * width * x.element_size() <= KEEP_WEIGHTS_BYTES
         all_weights = x.new_empty((num_radial, width)) if keep_weights else None
+        # radial rows per chunk: cache-sized edge chunks, or (compiled kernels, which keep
+        # nothing per edge) all rows when their weights are kept, else FUSED_CHUNK_BYTES
+        if kernels is None:
+            chunk = _chunk_edges(block, x)
+        else:
+            chunk = max(num_radial, 1) if keep_weights else _fused_rows(x, width)
         for a in range(0, num_radial, chunk):
             b = min(a + chunk, num_radial)
             out = all_weights[a:b] if all_weights is not None else None
             weights = mlp.forward_keeping(radial[a:b], [z[a:b] for z in kept], out)
             weights = weights.view(b - a, tp.num_paths, c)
+            if kernels is not None:
+                kernels.pooled_forward(
+                    pooled, x, sh, weights, sender, receiver, a, offsets[-1], *tp.sparse_cg()
+                )
+                continue
+            work = _workspace(block, x, chunk)
             for offset in offsets:  # the chunk's edges, then their reverses if paired
                 e0, e1 = a + offset, b + offset
                 _, _, product = _coupled(tp, x, sh[e0:e1], sender[e0:e1], work, b - a)
                 _scale_by_path(tp, product, weights)
                 pooled.index_add_(0, receiver[e0:e1], product)
+        ctx.kernels = kernels
         ctx.save_for_backward(x, sh, radial, sender, receiver, all_weights, *kept)
         ctx.block = block
         return pooled
@@ -192,6 +261,11 @@ class PooledMessages(torch.autograd.Function):
         chunk = _chunk_edges(block, x)
         if torch.is_grad_enabled():  # a second derivative is wanted: recompute with autograd
             grads = _autograd_backward(ctx, x, sh, radial, sender, receiver, grad_pooled)
+            return (*grads, None, None, None)
+        if ctx.kernels is not None:
+            grads = _fused_backward(
+                ctx.kernels, block, grad_pooled, x, sh, radial, sender, receiver, all_weights, kept
+            )
             return (*grads, None, None, None)
         need_x, need_sh, need_radial = ctx.needs_input_grad[:3]
         n, dim_in, c = x.shape

@@ -68,6 +68,17 @@ class ChannelwiseTensorProduct(nn.Module):
             self.cg.permute(1, 2, 0).reshape(irreps_dim(irreps_sh), -1).contiguous(),
             persistent=False,
         )
+        # the nonzero coefficients by output slot (then harmonic, then input component), for
+        # the compiled kernels (openmace.kernels): slot m owns nonzeros slot_start[m]:[m + 1]
+        nonzero = torch.nonzero(cg.permute(2, 1, 0))  # rows (slot, harmonic, input), sorted
+        counts = torch.bincount(nonzero[:, 0], minlength=dim_mid)
+        self.register_buffer(
+            "slot_start", torch.cat([counts.new_zeros(1), counts.cumsum(0)]), persistent=False
+        )
+        self.register_buffer("nz_sh", nonzero[:, 1].contiguous(), persistent=False)
+        self.register_buffer("nz_in", nonzero[:, 2].contiguous(), persistent=False)
+        nz_val = cg[nonzero[:, 2], nonzero[:, 1], nonzero[:, 0]]
+        self.register_buffer("nz_val", nz_val.to(torch.get_default_dtype()), persistent=False)
         # per output irrep: (first slot, end slot, first path, end path, 2l+1); the paths of
         # one output irrep are consecutive and so are their slots
         self.weight_blocks: list[tuple[int, int, int, int, int]] = []
@@ -75,6 +86,12 @@ class ChannelwiseTensorProduct(nn.Module):
         for count, ir in self.irreps_mid:
             self.weight_blocks.append((slot, slot + count * ir.dim, path, path + count, ir.dim))
             slot, path = slot + count * ir.dim, path + count
+
+    @torch.jit.unused
+    def sparse_cg(self) -> tuple[torch.Tensor, ...]:
+        """(slot_start, path_of_slot, nz_sh, nz_in, nz_val): the coupling in the form of the
+        compiled kernels' arguments."""
+        return self.slot_start, self.path_of_slot, self.nz_sh, self.nz_in, self.nz_val
 
     @property
     def num_paths(self) -> int:

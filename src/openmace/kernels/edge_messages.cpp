@@ -1,0 +1,251 @@
+// Fused CPU kernels for the pooled edge messages of MACE (paper eq. 8):
+//
+//     pooled[i, m, c] = sum over edges e = (j -> i) of
+//                       w[row(e), path(m), c] * sum_{(m, s, k) in CG} cg * Y[e, s] * x[j, k, c]
+//
+// with the Clebsch-Gordan coefficients given as their nonzeros grouped by output slot m. One
+// pass over the edges, nothing per edge stored; the backward pass recomputes the per-slot sums
+// and gives the gradients with respect to x, Y and the radial weights w in one more pass.
+//
+// Radial rows: a call handles the rows [first, first + rows) of the radial weights (w holds
+// just those rows) and their edges: edge first + r, and, when the edges are paired (the second
+// half reverses the first, half = number of radial rows), also edge first + half + r.
+// Threads split the rows: each thread owns its rows' edges (so the gradients of Y and w are
+// written by one thread each) and sums the scattered outputs (pooled, the gradient of x) into a
+// private buffer that is added at the end.
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+struct Coupling {
+  const int64_t* slot_start;  // [mid + 1]: nonzeros of slot m are slot_start[m]..[m+1]
+  const int64_t* slot_path;   // [mid]
+  const int64_t* nz_sh;       // [nnz] harmonic component s
+  const int64_t* nz_in;       // [nnz] input component k
+  int64_t mid;
+};
+
+// The edges of radial rows [r0, r1) of a call (row indices relative to the call's w).
+struct Edges {
+  int64_t first, half, r0, r1;
+  int64_t count() const { return half > 0 ? 2 * (r1 - r0) : r1 - r0; }
+  int64_t row(int64_t i) const { return r0 + (i < r1 - r0 ? i : i - (r1 - r0)); }
+  int64_t edge(int64_t i) const { return first + row(i) + (i < r1 - r0 ? 0 : half); }
+};
+
+struct Shape {
+  int64_t dim_in, dim_sh, paths, channels;
+};
+
+// Channels go in blocks whose running sums stay in vector registers: 256 bytes, then one cache
+// line, then single channels for what is left.
+template <typename scalar_t>
+constexpr int64_t kWide = 256 / sizeof(scalar_t);
+template <typename scalar_t>
+constexpr int64_t kLine = 64 / sizeof(scalar_t);
+
+template <typename scalar_t, typename Body>
+void by_blocks(int64_t channels, Body body) {
+  int64_t c = 0;
+  for (; c + kWide<scalar_t> <= channels; c += kWide<scalar_t>) {
+    body(c, std::integral_constant<int64_t, kWide<scalar_t>>{});
+  }
+  for (; c + kLine<scalar_t> <= channels; c += kLine<scalar_t>) {
+    body(c, std::integral_constant<int64_t, kLine<scalar_t>>{});
+  }
+  for (; c < channels; ++c) body(c, std::integral_constant<int64_t, 1>{});
+}
+
+// pooled (for the channels [c0, c0 + B)) += messages of the edges
+template <typename scalar_t, int64_t B>
+void forward_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ sh,
+                   const scalar_t* __restrict__ w, const int64_t* sender,
+                   const int64_t* receiver, const scalar_t* nz_val, const Coupling& cg,
+                   const Edges& edges, const Shape& shape, scalar_t* __restrict__ pooled,
+                   int64_t c0) {
+  const int64_t C = shape.channels;
+  for (int64_t i = 0; i < edges.count(); ++i) {
+    const int64_t e = edges.edge(i);
+    const scalar_t* xs = x + sender[e] * shape.dim_in * C + c0;
+    const scalar_t* ys = sh + e * shape.dim_sh;
+    const scalar_t* ws = w + edges.row(i) * shape.paths * C + c0;
+    scalar_t* out = pooled + receiver[e] * cg.mid * C + c0;
+    for (int64_t m = 0; m < cg.mid; ++m) {
+      scalar_t a[B] = {};
+      for (int64_t k = cg.slot_start[m]; k < cg.slot_start[m + 1]; ++k) {
+        const scalar_t coef = nz_val[k] * ys[cg.nz_sh[k]];
+        const scalar_t* xi = xs + cg.nz_in[k] * C;
+        for (int64_t c = 0; c < B; ++c) a[c] += coef * xi[c];
+      }
+      const scalar_t* wp = ws + cg.slot_path[m] * C;
+      scalar_t* o = out + m * C;
+      for (int64_t c = 0; c < B; ++c) o[c] += wp[c] * a[c];
+    }
+  }
+}
+
+// grad_x +=, grad_sh +=, grad_w += (channels [c0, c0 + B)) for the edges
+template <typename scalar_t, int64_t B>
+void backward_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ sh,
+                    const scalar_t* __restrict__ w, const int64_t* sender,
+                    const int64_t* receiver, const scalar_t* nz_val, const Coupling& cg,
+                    const scalar_t* __restrict__ grad_pooled, const Edges& edges,
+                    const Shape& shape, scalar_t* __restrict__ grad_x,
+                    scalar_t* __restrict__ grad_sh, scalar_t* __restrict__ grad_w, int64_t c0) {
+  const int64_t C = shape.channels;
+  for (int64_t i = 0; i < edges.count(); ++i) {
+    const int64_t e = edges.edge(i), row = edges.row(i);
+    const scalar_t* xs = x + sender[e] * shape.dim_in * C + c0;
+    const scalar_t* ys = sh + e * shape.dim_sh;
+    const scalar_t* ws = w + row * shape.paths * C + c0;
+    const scalar_t* g = grad_pooled + receiver[e] * cg.mid * C + c0;
+    scalar_t* gx = grad_x + sender[e] * shape.dim_in * C + c0;
+    scalar_t* gw = grad_w + row * shape.paths * C + c0;
+    scalar_t* gy = grad_sh + e * shape.dim_sh;
+    for (int64_t m = 0; m < cg.mid; ++m) {
+      const int64_t k0 = cg.slot_start[m], k1 = cg.slot_start[m + 1];
+      const scalar_t* gm = g + m * C;
+      const scalar_t* wp = ws + cg.slot_path[m] * C;
+      scalar_t* gwp = gw + cg.slot_path[m] * C;
+      scalar_t a[B] = {};
+      for (int64_t k = k0; k < k1; ++k) {
+        const scalar_t coef = nz_val[k] * ys[cg.nz_sh[k]];
+        const scalar_t* xi = xs + cg.nz_in[k] * C;
+        for (int64_t c = 0; c < B; ++c) a[c] += coef * xi[c];
+      }
+      scalar_t t[B];  // gradient of the unweighted product
+      for (int64_t c = 0; c < B; ++c) {
+        gwp[c] += gm[c] * a[c];  // radial weights
+        t[c] = gm[c] * wp[c];
+      }
+      for (int64_t k = k0; k < k1; ++k) {
+        const scalar_t coef = nz_val[k] * ys[cg.nz_sh[k]];
+        const scalar_t* xi = xs + cg.nz_in[k] * C;
+        scalar_t* gxi = gx + cg.nz_in[k] * C;
+        scalar_t d[B];
+        for (int64_t c = 0; c < B; ++c) {
+          gxi[c] += coef * t[c];
+          d[c] = t[c] * xi[c];
+        }
+        scalar_t dot = 0;
+        for (int64_t c = 0; c < B; ++c) dot += d[c];
+        gy[cg.nz_sh[k]] += nz_val[k] * dot;
+      }
+    }
+  }
+}
+
+Coupling coupling(const torch::Tensor& slot_start, const torch::Tensor& slot_path,
+                  const torch::Tensor& nz_sh, const torch::Tensor& nz_in) {
+  return Coupling{slot_start.data_ptr<int64_t>(), slot_path.data_ptr<int64_t>(),
+                  nz_sh.data_ptr<int64_t>(), nz_in.data_ptr<int64_t>(), slot_path.size(0)};
+}
+
+// threads for this many radial rows: one per MIN_ROWS rows at most
+constexpr int64_t MIN_ROWS = 64;
+int64_t num_parts(int64_t rows) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / MIN_ROWS));
+}
+
+// Runs body(part, edges, scatter target) for each part of the rows in parallel; part 0
+// scatters into `target`, the others into private zeroed buffers added to it at the end.
+template <typename scalar_t, typename Body>
+void over_parts(int64_t first, int64_t half, int64_t rows, torch::Tensor target, Body body) {
+  const int64_t parts = num_parts(rows);
+  torch::Tensor extra;
+  if (parts > 1) extra = torch::zeros({parts - 1, target.numel()}, target.options());
+  scalar_t* own = target.data_ptr<scalar_t>();
+  scalar_t* others = parts > 1 ? extra.data_ptr<scalar_t>() : nullptr;
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const Edges edges{first, half, rows * p / parts, rows * (p + 1) / parts};
+      body(edges, p == 0 ? own : others + (p - 1) * target.numel());
+    }
+  });
+  if (parts > 1) target.view(-1).add_(extra.sum(0));
+}
+
+void check_inputs(const torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& sh,
+                  const torch::Tensor& w, const torch::Tensor& sender,
+                  const torch::Tensor& receiver, int64_t first, int64_t half) {
+  for (const auto* t : {&out, &x, &sh, &w, &sender, &receiver}) {
+    TORCH_CHECK(t->is_contiguous() && t->device().is_cpu(), "edge kernels: contiguous CPU tensors");
+  }
+  TORCH_CHECK(sender.scalar_type() == torch::kLong && receiver.scalar_type() == torch::kLong,
+              "edge kernels: int64 edge indices");
+  TORCH_CHECK(x.scalar_type() == sh.scalar_type() && x.scalar_type() == w.scalar_type(),
+              "edge kernels: one floating dtype");
+  const int64_t edges = sh.size(0), rows = w.size(0);
+  TORCH_CHECK(sender.size(0) == edges && receiver.size(0) == edges, "edge kernels: edge count");
+  TORCH_CHECK(first >= 0 && first + rows + half <= edges && (half == 0 || first + rows <= half),
+              "edge kernels: radial rows out of range");
+  const int64_t n = x.size(0);
+  const int64_t *s = sender.data_ptr<int64_t>(), *r = receiver.data_ptr<int64_t>();
+  for (int64_t e = 0; e < edges; ++e) {
+    TORCH_CHECK(s[e] >= 0 && s[e] < n && r[e] >= 0 && r[e] < n,
+                "edge kernels: edge ", e, " joins atoms outside 0..", n - 1);
+  }
+}
+
+}  // namespace
+
+// pooled [n, mid, c] += messages of the edges of radial rows [first, first + w.size(0)); x [n,
+// dim_in, c], sh [e, dim_sh], w [rows, paths, c]: contiguous, one floating dtype; half: the
+// number of radial rows if the edges are paired, else 0
+void pooled_forward(torch::Tensor pooled, torch::Tensor x, torch::Tensor sh, torch::Tensor w,
+                    torch::Tensor sender, torch::Tensor receiver, int64_t first, int64_t half,
+                    torch::Tensor slot_start, torch::Tensor slot_path, torch::Tensor nz_sh,
+                    torch::Tensor nz_in, torch::Tensor nz_val) {
+  check_inputs(pooled, x, sh, w, sender, receiver, first, half);
+  const Coupling cg = coupling(slot_start, slot_path, nz_sh, nz_in);
+  const Shape shape{x.size(1), sh.size(1), w.size(1), x.size(2)};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pooled_forward", [&] {
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *shp = sh.data_ptr<scalar_t>();
+    const scalar_t *wp = w.data_ptr<scalar_t>(), *val = nz_val.data_ptr<scalar_t>();
+    const int64_t *snd = sender.data_ptr<int64_t>(), *rcv = receiver.data_ptr<int64_t>();
+    over_parts<scalar_t>(first, half, w.size(0), pooled, [&](const Edges& edges, scalar_t* o) {
+      by_blocks<scalar_t>(shape.channels, [&](int64_t c, auto block) {
+        forward_block<scalar_t, decltype(block)::value>(xp, shp, wp, snd, rcv, val, cg, edges,
+                                                        shape, o, c);
+      });
+    });
+  });
+}
+
+// the gradients for the same edges: grad_x [n, dim_in, c] +=, grad_sh [e, dim_sh] +=,
+// grad_w [rows, paths, c] +=
+void pooled_backward(torch::Tensor grad_x, torch::Tensor grad_sh, torch::Tensor grad_w,
+                     torch::Tensor x, torch::Tensor sh, torch::Tensor w, torch::Tensor sender,
+                     torch::Tensor receiver, int64_t first, int64_t half,
+                     torch::Tensor slot_start, torch::Tensor slot_path, torch::Tensor nz_sh,
+                     torch::Tensor nz_in, torch::Tensor nz_val, torch::Tensor grad_pooled) {
+  check_inputs(grad_x, x, sh, w, sender, receiver, first, half);
+  TORCH_CHECK(grad_pooled.is_contiguous() && grad_sh.is_contiguous() && grad_w.is_contiguous(),
+              "edge kernels: contiguous gradients");
+  const Coupling cg = coupling(slot_start, slot_path, nz_sh, nz_in);
+  const Shape shape{x.size(1), sh.size(1), w.size(1), x.size(2)};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pooled_backward", [&] {
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *shp = sh.data_ptr<scalar_t>();
+    const scalar_t *wp = w.data_ptr<scalar_t>(), *val = nz_val.data_ptr<scalar_t>();
+    const scalar_t* gp = grad_pooled.data_ptr<scalar_t>();
+    const int64_t *snd = sender.data_ptr<int64_t>(), *rcv = receiver.data_ptr<int64_t>();
+    scalar_t *gy = grad_sh.data_ptr<scalar_t>(), *gw = grad_w.data_ptr<scalar_t>();
+    over_parts<scalar_t>(first, half, w.size(0), grad_x, [&](const Edges& edges, scalar_t* gx) {
+      by_blocks<scalar_t>(shape.channels, [&](int64_t c, auto block) {
+        backward_block<scalar_t, decltype(block)::value>(xp, shp, wp, snd, rcv, val, cg, gp,
+                                                         edges, shape, gx, gy, gw, c);
+      });
+    });
+  });
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("pooled_forward", &pooled_forward, "fused pooled edge messages");
+  m.def("pooled_backward", &pooled_backward, "their gradients");
+}

@@ -1,0 +1,28 @@
+"""The edge messages' two CPU implementations: compiled kernels and PyTorch operations."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from openmace import kernels
+
+
+def compiler_available() -> bool:
+    return bool(shutil.which("c++") or shutil.which("g++")) and bool(shutil.which("ninja"))
+
+
+@pytest.fixture(params=["compiled", "pytorch"])
+def edge_implementation(request, monkeypatch) -> str:
+    """Runs a test with the compiled edge kernels and again with PyTorch operations. Where a
+    C++ compiler and ninja exist, the kernels must build (a silent fallback would test the
+    PyTorch path twice)."""
+    if request.param == "pytorch":
+        monkeypatch.setenv("OPENMACE_KERNELS", "0")
+    else:
+        monkeypatch.setenv("OPENMACE_KERNELS", "1")
+        if not compiler_available():
+            pytest.skip("no C++ compiler or ninja: the compiled kernels cannot be built here")
+        assert kernels.edge_kernels() is not None, "the compiled edge kernels did not build"
+    return request.param
