@@ -43,22 +43,23 @@ struct Shape {
   int64_t dim_in, dim_sh, paths, channels;
 };
 
-// Channels go in blocks whose running sums stay in vector registers: 256 bytes, then one cache
-// line, then single channels for what is left.
-template <typename scalar_t>
-constexpr int64_t kWide = 256 / sizeof(scalar_t);
-template <typename scalar_t>
-constexpr int64_t kLine = 64 / sizeof(scalar_t);
+// Channels go in blocks of a compile-time width, the widest that fits first (1024 bytes down to
+// one cache line, then single channels), so that a channel block's running sums stay in vector
+// registers and each nonzero coefficient's index lookups serve as many channels as possible.
+template <typename scalar_t, int64_t Bytes, typename Body>
+void blocks_of(int64_t& c, int64_t channels, Body& body) {
+  constexpr int64_t B = Bytes / sizeof(scalar_t);
+  for (; c + B <= channels; c += B) body(c, std::integral_constant<int64_t, B>{});
+}
 
 template <typename scalar_t, typename Body>
 void by_blocks(int64_t channels, Body body) {
   int64_t c = 0;
-  for (; c + kWide<scalar_t> <= channels; c += kWide<scalar_t>) {
-    body(c, std::integral_constant<int64_t, kWide<scalar_t>>{});
-  }
-  for (; c + kLine<scalar_t> <= channels; c += kLine<scalar_t>) {
-    body(c, std::integral_constant<int64_t, kLine<scalar_t>>{});
-  }
+  blocks_of<scalar_t, 1024>(c, channels, body);
+  blocks_of<scalar_t, 512>(c, channels, body);
+  blocks_of<scalar_t, 256>(c, channels, body);
+  blocks_of<scalar_t, 128>(c, channels, body);
+  blocks_of<scalar_t, 64>(c, channels, body);
   for (; c < channels; ++c) body(c, std::integral_constant<int64_t, 1>{});
 }
 
@@ -81,6 +82,7 @@ void forward_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__ 
       for (int64_t k = cg.slot_start[m]; k < cg.slot_start[m + 1]; ++k) {
         const scalar_t coef = nz_val[k] * ys[cg.nz_sh[k]];
         const scalar_t* xi = xs + cg.nz_in[k] * C;
+#pragma omp simd
         for (int64_t c = 0; c < B; ++c) a[c] += coef * xi[c];
       }
       const scalar_t* wp = ws + cg.slot_path[m] * C;
@@ -128,13 +130,12 @@ void backward_block(const scalar_t* __restrict__ x, const scalar_t* __restrict__
         const scalar_t coef = nz_val[k] * ys[cg.nz_sh[k]];
         const scalar_t* xi = xs + cg.nz_in[k] * C;
         scalar_t* gxi = gx + cg.nz_in[k] * C;
-        scalar_t d[B];
+        scalar_t dot = 0;
+#pragma omp simd reduction(+ : dot)
         for (int64_t c = 0; c < B; ++c) {
           gxi[c] += coef * t[c];
-          d[c] = t[c] * xi[c];
+          dot += t[c] * xi[c];
         }
-        scalar_t dot = 0;
-        for (int64_t c = 0; c < B; ++c) dot += d[c];
         gy[cg.nz_sh[k]] += nz_val[k] * dot;
       }
     }
