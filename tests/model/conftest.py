@@ -1,4 +1,5 @@
-"""The edge messages' two CPU implementations: compiled kernels and PyTorch operations."""
+"""The two CPU implementations of the inference paths (edge messages, symmetric contraction):
+compiled kernels and PyTorch operations."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ def compiler_available() -> bool:
 
 
 @pytest.fixture(params=["compiled", "pytorch"])
-def edge_implementation(request, monkeypatch) -> str:
-    """Runs a test with the compiled edge kernels and again with PyTorch operations. Where a
+def cpu_implementation(request, monkeypatch) -> str:
+    """Runs a test with the compiled kernels and again with PyTorch operations. Where a
     C++ compiler and ninja exist, the kernels must build (a silent fallback would test the
     PyTorch path twice)."""
     if request.param == "pytorch":
@@ -24,5 +25,5 @@ def edge_implementation(request, monkeypatch) -> str:
         monkeypatch.setenv("OPENMACE_KERNELS", "1")
         if not compiler_available():
             pytest.skip("no C++ compiler or ninja: the compiled kernels cannot be built here")
-        assert kernels.edge_kernels() is not None, "the compiled edge kernels did not build"
+        assert kernels.cpu_kernels() is not None, "the compiled edge kernels did not build"
     return request.param

@@ -29,7 +29,7 @@ def predictions(model, graph, frozen: bool) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("keep_weights", [True, False])
 def test_inference_path_equals_autograd_path(
-    variant, keep_weights, edge_implementation, monkeypatch
+    variant, keep_weights, cpu_implementation, monkeypatch
 ):
     if not keep_weights:  # radial weights recomputed in the backward pass, chunk by chunk
         monkeypatch.setattr(edge_messages, "KEEP_WEIGHTS_BYTES", 0)
@@ -77,13 +77,13 @@ def pooled_messages_case(paired: bool = False):
     return pooled, (x, sh, radial), (block, sender, receiver)
 
 
-def test_gradients_of_pooled_messages_match_finite_differences(edge_implementation):
+def test_gradients_of_pooled_messages_match_finite_differences(cpu_implementation):
     pooled, inputs, _ = pooled_messages_case()
     assert torch.autograd.gradcheck(pooled, inputs)
 
 
 def test_second_derivatives_fall_back_to_autograd_and_match_finite_differences(
-    edge_implementation,
+    cpu_implementation,
 ):
     """create_graph=True (Hessians, force training through frozen weights) stays exact."""
     pooled, inputs, _ = pooled_messages_case()

@@ -45,7 +45,7 @@ def test_batches_of_paired_graphs_stay_paired_and_mixed_batches_are_unpaired():
 
 
 @pytest.mark.parametrize("frozen", [True, False], ids=["inference", "autograd"])
-def test_results_do_not_depend_on_edge_order(frozen, edge_implementation):
+def test_results_do_not_depend_on_edge_order(frozen, cpu_implementation):
     """Once per pair (reversed halves) and once per edge (shuffled) give the same numbers."""
     model = make_model(pair_repulsion=True)
     model.requires_grad_(not frozen)
@@ -56,7 +56,7 @@ def test_results_do_not_depend_on_edge_order(frozen, edge_implementation):
         torch.testing.assert_close(paired[key], per_edge[key], rtol=0, atol=1e-12)
 
 
-def test_paired_pooled_messages_have_the_gradients_of_finite_differences(edge_implementation):
+def test_paired_pooled_messages_have_the_gradients_of_finite_differences(cpu_implementation):
     pooled, (x, sh, radial), (block, sender, receiver) = pooled_messages_case(paired=True)
     assert torch.autograd.gradcheck(pooled, (x, sh, radial))
     # and equal the autograd path given the radial rows of both halves

@@ -49,7 +49,7 @@ def reference(sc: SymmetricContraction, a: torch.Tensor, species: torch.Tensor) 
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_contraction_equals_the_full_polynomial(name):
+def test_contraction_equals_the_full_polynomial(name, cpu_implementation):
     correlation, lmax, out = CASES[name]
     irreps_in = tuple(spherical_harmonics_irreps(lmax))
     irreps_out = tuple(_irrep(x) for x in out)
@@ -61,9 +61,25 @@ def test_contraction_equals_the_full_polynomial(name):
     assert expected.abs().max() > 1e-3  # the case is not trivially zero
     groups = element_groups(species, 3)
     torch.testing.assert_close(sc(a, groups), expected, rtol=1e-11, atol=1e-12)
-    # frozen (cached weights, the inference path) gives the same
+    # frozen (cached weights, the inference path: compiled or PyTorch) gives the same
     sc.requires_grad_(False)
     torch.testing.assert_close(sc(a, groups), expected, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["corr2", "corr3", "corr3_odd_out", "corr4"])
+def test_frozen_contraction_has_exact_first_and_second_derivatives(name, cpu_implementation):
+    """The inference path's backward (the compiled kernel's, or autograd's) and its fallback
+    for second derivatives against finite differences."""
+    correlation, lmax, out = CASES[name]
+    irreps_in = tuple(spherical_harmonics_irreps(lmax))
+    torch.manual_seed(1)
+    sc = SymmetricContraction(irreps_in, tuple(_irrep(x) for x in out), 9, correlation, 2)
+    sc = sc.double().requires_grad_(False)
+    species = torch.tensor([1, 0, 1])
+    groups = element_groups(species, 2)
+    a = torch.randn(3, 9, sc.dim, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: sc(a, groups), (a,))
+    assert torch.autograd.gradgradcheck(lambda a: sc(a, groups), (a,))
 
 
 def test_contraction_skips_most_of_the_coupling_basis():

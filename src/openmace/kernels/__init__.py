@@ -1,6 +1,7 @@
 """Optional compiled CPU kernels (C++ sources in this folder), built on first use.
 
-The fused edge-message kernels (``edge_messages.cpp``) are compiled with the system's C++
+The fused kernels of the edge messages (``edge_messages.cpp``) and of the symmetric contraction
+(``contraction.cpp``) are compiled with the system's C++
 compiler through ``torch.utils.cpp_extension`` the first time a process needs them (about 25 s),
 and cached in PyTorch's extension folder (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``) under a name that hashes the source, the compiler flags and the
@@ -22,7 +23,10 @@ from types import ModuleType
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("edge_messages.cpp")
+SOURCES = [
+    Path(__file__).with_name(name)
+    for name in ("bindings.cpp", "edge_messages.cpp", "contraction.cpp")
+]
 FLAGS = ["-O3", "-march=native", "-fopenmp"]  # OpenMP: at::parallel_for is inlined
 
 _lock = threading.Lock()
@@ -43,31 +47,31 @@ def _cpu_signature() -> str:
 def _build() -> ModuleType:
     from torch.utils.cpp_extension import load
 
-    source = SOURCE.read_text()
-    digest = hashlib.sha256("\0".join([source, *FLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
+    texts = [source.read_text() for source in SOURCES]
+    digest = hashlib.sha256("\0".join([*texts, *FLAGS, _cpu_signature()]).encode()).hexdigest()
     return load(
-        name=f"openmace_edge_messages_{digest}",
-        sources=[str(SOURCE)],
+        name=f"openmace_kernels_{digest[:16]}",
+        sources=[str(source) for source in SOURCES],
         extra_cflags=FLAGS,
         extra_ldflags=["-fopenmp"],
         verbose=False,
     )
 
 
-def edge_kernels() -> ModuleType | None:
-    """The compiled edge-message kernels, or None when they are switched off or cannot be
-    built (the reason is logged once)."""
+def cpu_kernels() -> ModuleType | None:
+    """The compiled kernels, or None when they are switched off or cannot be built (the
+    reason is logged once)."""
     if os.environ.get("OPENMACE_KERNELS", "1") == "0":
         return None
-    if "edge" not in _state:
+    if "cpu" not in _state:
         with _lock:
-            if "edge" not in _state:
+            if "cpu" not in _state:
                 try:
-                    _state["edge"] = _build()
+                    _state["cpu"] = _build()
                 except Exception as error:  # no compiler, no ninja, no headers, ...
                     log.warning(
-                        "compiled edge kernels unavailable (%s); using PyTorch operations",
+                        "compiled kernels unavailable (%s); using PyTorch operations",
                         str(error).splitlines()[0] if str(error) else type(error).__name__,
                     )
-                    _state["edge"] = None
-    return _state["edge"]
+                    _state["cpu"] = None
+    return _state["cpu"]

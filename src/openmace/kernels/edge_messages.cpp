@@ -245,8 +245,3 @@ void pooled_backward(torch::Tensor grad_x, torch::Tensor grad_sh, torch::Tensor 
     });
   });
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("pooled_forward", &pooled_forward, "fused pooled edge messages");
-  m.def("pooled_backward", &pooled_backward, "their gradients");
-}

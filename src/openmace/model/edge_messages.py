@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from openmace.kernels import edge_kernels
+from openmace.kernels import cpu_kernels
 from openmace.o3 import ChannelwiseTensorProduct
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ def _kernels(x: torch.Tensor):
     """The compiled edge kernels for CPU tensors of float32/float64, else None."""
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return None
-    return edge_kernels()
+    return cpu_kernels()
 
 
 def _fused_rows(x: torch.Tensor, width: int) -> int:

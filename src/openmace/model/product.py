@@ -18,6 +18,7 @@ import itertools
 import torch
 from torch import nn
 
+from openmace.kernels import cpu_kernels
 from openmace.o3 import ElementGroups, EquivariantLinear, Irrep, coupling_basis, irreps_dim
 from openmace.o3.coupling import monomial_recursion, tree_frame
 from openmace.o3.linear import sort_by_element
@@ -125,6 +126,20 @@ class SymmetricContraction(nn.Module):
         self.register_buffer(
             "step_last", torch.tensor([i for _, q in plan.steps for i in q]), persistent=False
         )
+        # the same recursion for the compiled kernel (contraction.cpp): the monomials of all
+        # degrees in one scratch array, degree d at rows offsets[d]:offsets[d + 1]
+        offsets = [0, *itertools.accumulate(len(o) for o in plan.order)]
+        dst, src, last = [], [], []
+        for d, (prefix, factor) in enumerate(plan.steps, start=1):
+            dst += [offsets[d] + t for t in range(len(prefix))]
+            src += [offsets[d - 1] + i for i in prefix]
+            last += factor
+        pos = [offsets[d] + t for d in range(correlation) for t in range(plan.num_used[d])]
+        self.kernel_rows = offsets[-1]
+        for name, values in (("dst", dst), ("src", src), ("last", last), ("pos", pos)):
+            self.register_buffer(
+                f"kernel_{name}", torch.tensor(values, dtype=torch.long), persistent=False
+            )
         dtype = torch.get_default_dtype()
         # tree weights → P: P[z, c, M, s] = Σ_t B[t, M, s] W[z, t, c] with the trees t of every
         # (output irrep, degree) stacked in the order of self.weights
@@ -188,16 +203,50 @@ class SymmetricContraction(nn.Module):
         return p[..., : self.low_width], top.view(z, c, self.dim_out * self.dim, self.num_prev)
 
     @torch.jit.unused
-    def _coupled(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`_contract_weights` split by :meth:`_split_top`, cached while the weights are
-        frozen and unchanged (tracked by the tensors' version counters)."""
+    def _frozen_forms(self) -> dict[str, object] | None:
+        """Cache of forms of the contracted weights, valid while the weights are frozen and
+        unchanged (tracked by the tensors' version counters); None while they need gradients."""
         weights = list(self.weights.values())
         if any(w.requires_grad for w in weights):
-            return self._split_top(self._contract_weights())
+            return None
         key = (weights[0].dtype, weights[0].device, *(w._version for w in weights))
         if self._cached is None or self._cached[0] != key:
-            self._cached = (key, self._split_top(self._contract_weights()))
+            self._cached = (key, {})
         return self._cached[1]
+
+    @torch.jit.unused
+    def _coupled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_contract_weights` split by :meth:`_split_top` (cached when frozen)."""
+        forms = self._frozen_forms()
+        if forms is None:
+            return self._split_top(self._contract_weights())
+        if "split" not in forms:
+            forms["split"] = self._split_top(self._contract_weights())
+        return forms["split"]  # type: ignore[return-value]
+
+    @torch.jit.unused
+    def _kernel_weights(self) -> torch.Tensor:
+        """The contracted weights for the compiled kernel: ``[z, monomials, M, c]`` (cached)."""
+        forms = self._frozen_forms()
+        assert forms is not None, "the compiled contraction is for frozen weights"
+        if "kernel" not in forms:
+            p = self._contract_weights().detach()
+            forms["kernel"] = p.permute(0, 3, 2, 1).contiguous()
+        return forms["kernel"]  # type: ignore[return-value]
+
+    @torch.jit.unused
+    def _kernels(self, a: torch.Tensor):
+        """The compiled kernels when they apply: CPU, float32/64, frozen weights."""
+        if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64):
+            return None
+        if any(w.requires_grad for w in self.weights.values()):
+            return None
+        return cpu_kernels()
+
+    @torch.jit.unused
+    def kernel_plan(self) -> tuple[torch.Tensor, ...]:
+        """(first, dst, src, last, pos): the monomial recursion in the kernel's terms."""
+        return self.first, self.kernel_dst, self.kernel_src, self.kernel_last, self.kernel_pos
 
     def freeze(self) -> None:
         """Store the contracted weights as a buffer: the form TorchScript export runs with."""
@@ -222,6 +271,18 @@ class SymmetricContraction(nn.Module):
 
     def forward(self, a: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
         """``a [n, c, dim_in]`` → ``[n, c, dim_out]``."""
+        if torch.jit.is_scripting():
+            return self.forward_operations(a, groups)
+        return self._forward_eager(a, groups)
+
+    @torch.jit.unused
+    def _forward_eager(self, a: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
+        if self._kernels(a) is not None:
+            return CompiledContraction.apply(a, groups, self)
+        return self.forward_operations(a, groups)
+
+    def forward_operations(self, a: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
+        """:meth:`forward` in PyTorch operations (differentiable to any order)."""
         if torch.jit.is_scripting():
             p, p_top = self.frozen_p, self.frozen_top
         else:
@@ -250,6 +311,43 @@ class SymmetricContraction(nn.Module):
         if len(groups.chunks) == 1:
             return out.contiguous()
         return out.index_select(0, groups.inverse)
+
+
+class CompiledContraction(torch.autograd.Function):
+    """:meth:`SymmetricContraction.forward` for frozen weights on CPUs through the compiled
+    kernel (``kernels/contraction.cpp``): the monomials of every degree are built per atom and
+    channel block in cache and never stored; the backward pass rebuilds them. A second
+    derivative (``create_graph=True``) goes through :meth:`forward_operations` and autograd."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, groups: ElementGroups, module: SymmetricContraction):  # type: ignore[override]
+        x = a.transpose(1, 2).contiguous()  # [n, dim, c]: channels in SIMD lanes
+        species = groups.species.contiguous()
+        kernels = module._kernels(a)
+        out = kernels.contraction_forward(
+            x, species, module._kernel_weights(), *module.kernel_plan(), module.kernel_rows
+        )
+        ctx.save_for_backward(a, x, species)
+        ctx.groups, ctx.module, ctx.kernels = groups, module, kernels
+        return out.transpose(1, 2)  # [n, c, M]
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        a, x, species = ctx.saved_tensors
+        module = ctx.module
+        if torch.is_grad_enabled():  # a second derivative is wanted: autograd all the way
+            out = module.forward_operations(a, ctx.groups)
+            (grad,) = torch.autograd.grad(out, a, grad_out, create_graph=True)
+            return grad, None, None
+        grad_x = ctx.kernels.contraction_backward(
+            x,
+            species,
+            module._kernel_weights(),
+            *module.kernel_plan(),
+            module.kernel_rows,
+            grad_out.transpose(1, 2).contiguous(),
+        )
+        return grad_x.transpose(1, 2), None, None
 
 
 class ProductBlock(nn.Module):

@@ -68,12 +68,14 @@ class ElementGroups(NamedTuple):
     """Atoms grouped by element index, to apply per-element weights with dense matmuls.
 
     ``order`` sorts atoms by element, ``inverse`` undoes it; ``chunks`` lists
-    ``(element, start, stop)`` in sorted order for every element present.
+    ``(element, start, stop)`` in sorted order for every element present; ``species`` is the
+    element index of each atom (in atom order).
     """
 
     order: torch.Tensor
     inverse: torch.Tensor
     chunks: list[tuple[int, int, int]]
+    species: torch.Tensor
 
 
 def element_groups(species: torch.Tensor, num_elements: int) -> ElementGroups:
@@ -88,7 +90,7 @@ def element_groups(species: torch.Tensor, num_elements: int) -> ElementGroups:
         if count > 0:
             chunks.append((element, start, start + count))
         start += count
-    return ElementGroups(order, inverse, chunks)
+    return ElementGroups(order, inverse, chunks, species)
 
 
 def sort_by_element(x: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
