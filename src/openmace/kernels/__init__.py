@@ -18,6 +18,7 @@ import logging
 import os
 import platform
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -28,6 +29,9 @@ SOURCES = [
     for name in ("bindings.cpp", "edge_messages.cpp", "contraction.cpp")
 ]
 FLAGS = ["-O3", "-march=native", "-fopenmp"]  # OpenMP: at::parallel_for is inlined
+
+# a build takes ~1 minute on 2 cores; a lock file this old belongs to a killed build
+STALE_LOCK_SECONDS = 900
 
 _lock = threading.Lock()
 _state: dict[str, ModuleType | None] = {}
@@ -44,13 +48,29 @@ def _cpu_signature() -> str:
     return f"{platform.machine()} {platform.processor()}"
 
 
+def _remove_stale_lock(name: str) -> None:
+    """PyTorch builds under a lock file and waits for it without a time limit; a process killed
+    while building leaves it behind. One older than STALE_LOCK_SECONDS is removed."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        lock = Path(_get_build_directory(name, False)) / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            log.warning("removing the stale build lock %s (left by a killed build)", lock)
+            lock.unlink(missing_ok=True)
+    except (ImportError, OSError):
+        pass
+
+
 def _build() -> ModuleType:
     from torch.utils.cpp_extension import load
 
     texts = [source.read_text() for source in SOURCES]
     digest = hashlib.sha256("\0".join([*texts, *FLAGS, _cpu_signature()]).encode()).hexdigest()
+    name = f"openmace_kernels_{digest[:16]}"
+    _remove_stale_lock(name)
     return load(
-        name=f"openmace_kernels_{digest[:16]}",
+        name=name,
         sources=[str(source) for source in SOURCES],
         extra_cflags=FLAGS,
         extra_ldflags=["-fopenmp"],
