@@ -1,14 +1,14 @@
 """Optional compiled CPU kernels (C++ sources in this folder), built on first use.
 
 The fused kernels of the edge messages (``edge_messages.cpp``) and of the symmetric contraction
-(``contraction.cpp``) are compiled with the system's C++
-compiler through ``torch.utils.cpp_extension`` the first time a process needs them (about 25 s),
-and cached in PyTorch's extension folder (``TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``) under a name that hashes the source, the compiler flags and the
-CPU's instruction set, so a cache shared between different machines never runs code built for
-another CPU. Without a working compiler (or ninja), or with ``OPENMACE_KERNELS=0``, openmace runs
-the same computation in PyTorch operations: same results to rounding, slower on small
-structures. Nothing is downloaded.
+(``contraction.cpp``) are compiled with the system's C++ compiler through
+``torch.utils.cpp_extension`` the first time a process needs them (about 45 s on 2 cores), and
+cached in PyTorch's extension folder (``TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``) under a name that hashes the sources, the compiler flags, the
+CPU's instruction set and the PyTorch version, so a cache shared between different machines (or
+kept across a PyTorch upgrade) never runs code built for another CPU or another PyTorch.
+Without a working compiler (or ninja), or with ``OPENMACE_KERNELS=0``, openmace runs the same
+computation in PyTorch operations: same results to rounding, slower. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -63,12 +63,15 @@ def _remove_stale_lock(name: str) -> None:
 
 
 def _build() -> ModuleType:
+    import torch
     from torch.utils.cpp_extension import load
 
     texts = [source.read_text() for source in SOURCES]
-    digest = hashlib.sha256("\0".join([*texts, *FLAGS, _cpu_signature()]).encode()).hexdigest()
+    inputs = [*texts, *FLAGS, _cpu_signature(), torch.__version__]
+    digest = hashlib.sha256("\0".join(inputs).encode()).hexdigest()
     name = f"openmace_kernels_{digest[:16]}"
     _remove_stale_lock(name)
+    log.info("loading the compiled CPU kernels (the first use builds them: about a minute)")
     return load(
         name=name,
         sources=[str(source) for source in SOURCES],
