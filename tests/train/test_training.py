@@ -9,7 +9,8 @@ import torch
 from openmace import load_model
 from openmace.cli.main import main
 from openmace.train.config import build_config
-from openmace.train.loop import Trainer, train
+from openmace.train.loop import Trainer, frozen_weights, train
+from tests.conftest import make_model
 from tests.train.helpers import TINY_MODEL, copper_cells, molecules, write_xyz
 
 
@@ -192,3 +193,18 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path):
         models.append(load_model(result.model_path).state_dict())
     assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
     assert not all(torch.equal(models[0][k], models[2][k]) for k in models[0])
+
+
+def test_evaluation_freezes_weights_only_for_its_duration():
+    """Evaluation runs the inference paths (weights frozen) and leaves every flag as it was,
+    also when it fails."""
+    model = make_model()
+    first = next(model.parameters())
+    first.requires_grad_(False)  # a weight the user froze stays frozen
+    before = [p.requires_grad for p in model.parameters()]
+    with frozen_weights(model):
+        assert not any(p.requires_grad for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == before
+    with pytest.raises(RuntimeError), frozen_weights(model):
+        raise RuntimeError("evaluation failed")
+    assert [p.requires_grad for p in model.parameters()] == before

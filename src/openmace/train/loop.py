@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,22 @@ from openmace.train.metrics import (
     predictions_from,
 )
 from openmace.train.plots import plot_learning_curves, plot_parity
+
+
+@contextmanager
+def frozen_weights(model: torch.nn.Module) -> Iterator[None]:
+    """Weights without gradients for the duration: evaluation then runs the inference paths
+    (compiled kernels on CPUs, hand-written backward, cached contraction weights), which give the
+    training path's numbers to rounding."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
 
 log = logging.getLogger("openmace.train")
 
@@ -277,16 +295,17 @@ class Trainer:
         weights = self.weights()
         huber = self.cfg.huber_delta if self.cfg.loss == "huber" else None
         losses, sizes, outputs = [], [], []
-        for start in range(0, len(dataset), self.cfg.valid_batch_size):
-            idx = list(range(start, min(start + self.cfg.valid_batch_size, len(dataset))))
-            configs = [dataset.configs[i] for i in idx]
-            periodic = [bool(c.pbc.all()) for c in configs]
-            batch = dataset.batch(idx).to(self.device, self.dtype)
-            out = self.model(batch.graph, compute_forces=True, compute_stress=any(periodic))
-            loss, _ = compute_loss(out, batch, weights, huber)
-            losses.append(float(loss.detach()))
-            sizes.append(len(idx))
-            outputs.extend(split_by_structure(out, [len(c) for c in configs], periodic))
+        with frozen_weights(self.model):
+            for start in range(0, len(dataset), self.cfg.valid_batch_size):
+                idx = list(range(start, min(start + self.cfg.valid_batch_size, len(dataset))))
+                configs = [dataset.configs[i] for i in idx]
+                periodic = [bool(c.pbc.all()) for c in configs]
+                batch = dataset.batch(idx).to(self.device, self.dtype)
+                out = self.model(batch.graph, compute_forces=True, compute_stress=any(periodic))
+                loss, _ = compute_loss(out, batch, weights, huber)
+                losses.append(float(loss.detach()))
+                sizes.append(len(idx))
+                outputs.extend(split_by_structure(out, [len(c) for c in configs], periodic))
         return float(np.average(losses, weights=sizes)), predictions_from(dataset.configs, outputs)
 
     def averaged(self):
@@ -368,9 +387,10 @@ class Trainer:
         sets = {"train": self.train_set, "valid": self.valid_set}
         if self.data.test:
             sets["test"] = GraphDataset(self.data.test, cfg.r_max)
-        predictions = {
-            name: predict(self.model, ds, cfg.valid_batch_size) for name, ds in sets.items()
-        }
+        with frozen_weights(self.model):
+            predictions = {
+                name: predict(self.model, ds, cfg.valid_batch_size) for name, ds in sets.items()
+            }
         tables = {name: error_rows(p) for name, p in predictions.items()}
         text = format_table(tables)
         (self.run_dir / f"{cfg.name}.errors.txt").write_text(text + "\n")
