@@ -63,7 +63,7 @@ def test_compiled_kernels_refuse_edges_outside_the_atoms():
     x = torch.zeros(n, sum(ir.dim for ir in tp.irreps_in), c)
     sh = torch.zeros(edges, tp.cg_matrix.shape[0])
     w = torch.zeros(edges, tp.num_paths, c)
-    pooled = torch.zeros(n, tp.dim_mid, c)
+    pooled = torch.zeros(1, n, tp.dim_mid, c)  # one scatter copy (one part)
     good = torch.tensor([0, 1, 2, 0])
     compiled.pooled_forward(pooled, x, sh, w, good, good, 0, 0, *tp.sparse_cg())
     bad = torch.tensor([0, 1, 3, 0])

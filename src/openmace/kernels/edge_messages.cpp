@@ -154,27 +154,26 @@ int64_t num_parts(int64_t rows) {
   return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / MIN_ROWS));
 }
 
-// Runs body(part, edges, scatter target) for each part of the rows in parallel; part 0
-// scatters into `target`, the others into private zeroed buffers added to it at the end.
+// Runs body(edges, scatter target) for each part of the rows in parallel; part p scatters into
+// targets[p] (the caller zeroes them once per pass over all chunks and sums them at the end).
 template <typename scalar_t, typename Body>
-void over_parts(int64_t first, int64_t half, int64_t rows, torch::Tensor target, Body body) {
-  const int64_t parts = num_parts(rows);
-  torch::Tensor extra;
-  if (parts > 1) extra = torch::zeros({parts - 1, target.numel()}, target.options());
-  scalar_t* own = target.data_ptr<scalar_t>();
-  scalar_t* others = parts > 1 ? extra.data_ptr<scalar_t>() : nullptr;
+void over_parts(int64_t first, int64_t half, int64_t rows, torch::Tensor targets, Body body) {
+  const int64_t parts = std::min<int64_t>(num_parts(rows), targets.size(0));
+  const int64_t stride = targets.numel() / targets.size(0);
+  scalar_t* base = targets.data_ptr<scalar_t>();
   at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const Edges edges{first, half, rows * p / parts, rows * (p + 1) / parts};
-      body(edges, p == 0 ? own : others + (p - 1) * target.numel());
+      body(edges, base + p * stride);
     }
   });
-  if (parts > 1) target.view(-1).add_(extra.sum(0));
 }
 
 void check_inputs(const torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& sh,
                   const torch::Tensor& w, const torch::Tensor& sender,
                   const torch::Tensor& receiver, int64_t first, int64_t half) {
+  TORCH_CHECK(out.dim() == 4 && out.size(0) >= 1 && out.size(1) == x.size(0),
+              "edge kernels: one [atoms, ...] scatter target per part");
   for (const auto* t : {&out, &x, &sh, &w, &sender, &receiver}) {
     TORCH_CHECK(t->is_contiguous() && t->device().is_cpu(), "edge kernels: contiguous CPU tensors");
   }
@@ -196,9 +195,10 @@ void check_inputs(const torch::Tensor& out, const torch::Tensor& x, const torch:
 
 }  // namespace
 
-// pooled [n, mid, c] += messages of the edges of radial rows [first, first + w.size(0)); x [n,
-// dim_in, c], sh [e, dim_sh], w [rows, paths, c]: contiguous, one floating dtype; half: the
-// number of radial rows if the edges are paired, else 0
+// pooled[p] [n, mid, c] += messages of the edges of radial rows [first, first + w.size(0)), part
+// p of them (one part per thread, at most pooled.size(0) parts; the pooled messages are the sum
+// over p); x [n, dim_in, c], sh [e, dim_sh], w [rows, paths, c]: contiguous, one floating dtype;
+// half: the number of radial rows if the edges are paired, else 0
 void pooled_forward(torch::Tensor pooled, torch::Tensor x, torch::Tensor sh, torch::Tensor w,
                     torch::Tensor sender, torch::Tensor receiver, int64_t first, int64_t half,
                     torch::Tensor slot_start, torch::Tensor slot_path, torch::Tensor nz_sh,
@@ -219,8 +219,8 @@ void pooled_forward(torch::Tensor pooled, torch::Tensor x, torch::Tensor sh, tor
   });
 }
 
-// the gradients for the same edges: grad_x [n, dim_in, c] +=, grad_sh [e, dim_sh] +=,
-// grad_w [rows, paths, c] +=
+// the gradients for the same edges: grad_x[p] [n, dim_in, c] += (parts as in pooled_forward),
+// grad_sh [e, dim_sh] +=, grad_w [rows, paths, c] +=
 void pooled_backward(torch::Tensor grad_x, torch::Tensor grad_sh, torch::Tensor grad_w,
                      torch::Tensor x, torch::Tensor sh, torch::Tensor w, torch::Tensor sender,
                      torch::Tensor receiver, int64_t first, int64_t half,

@@ -136,8 +136,7 @@ def _pair_offsets(num_radial: int, num_edges: int) -> list[int]:
 
 
 # radial weights of one chunk of radial rows in the compiled-kernel path when they are not all
-# kept (more than KEEP_WEIGHTS_BYTES); each chunk also costs the kernels a zeroed copy of the
-# pooled features per extra thread, so chunks are large
+# kept (more than KEEP_WEIGHTS_BYTES)
 FUSED_CHUNK_BYTES = 256 << 20
 
 
@@ -161,7 +160,8 @@ def _fused_backward(
     half = _pair_offsets(num_radial, sh.shape[0])[-1]
     chunk = max(num_radial, 1) if all_weights is not None else _fused_rows(x, tp.num_paths * c)
     grad_pooled = grad_pooled.contiguous()
-    grad_x = torch.zeros_like(x)
+    parts = torch.get_num_threads()  # one scatter copy per thread, as in the forward pass
+    grad_x = x.new_zeros((parts, *x.shape))
     grad_sh = torch.zeros_like(sh)
     grad_radial = torch.empty_like(radial)
     for a in range(0, num_radial, chunk):
@@ -186,7 +186,7 @@ def _fused_backward(
             grad_pooled,
         )
         grad_radial[a:b] = mlp.input_gradient([z[a:b] for z in kept], grad_weights.view(b - a, -1))
-    return grad_x, grad_sh, grad_radial
+    return grad_x[0] if parts == 1 else grad_x.sum(0), grad_sh, grad_radial
 
 
 def _chunk_edges(block: InteractionBlock, x: torch.Tensor) -> int:
@@ -221,7 +221,9 @@ class PooledMessages(torch.autograd.Function):
         kernels = _kernels(x)
         if kernels is not None:  # the kernels read raw memory: dense row-major inputs
             sh, sender, receiver = sh.contiguous(), sender.contiguous(), receiver.contiguous()
-        pooled = x.new_zeros((n, tp.dim_mid, c))
+        # the compiled kernels scatter into one copy per thread, summed after the last chunk
+        parts = torch.get_num_threads() if kernels is not None else 1
+        pooled = x.new_zeros((parts, n, tp.dim_mid, c))
         # the MLP's hidden pre-activations (and its output while small) for the backward pass
         kept = [x.new_empty((num_radial, w.shape[1])) for w in mlp.weights[:-1]]
         keep_weights = num_radial * width * x.element_size() <= KEEP_WEIGHTS_BYTES
@@ -247,7 +249,8 @@ class PooledMessages(torch.autograd.Function):
                 e0, e1 = a + offset, b + offset
                 _, _, product = _coupled(tp, x, sh[e0:e1], sender[e0:e1], work, b - a)
                 _scale_by_path(tp, product, weights)
-                pooled.index_add_(0, receiver[e0:e1], product)
+                pooled[0].index_add_(0, receiver[e0:e1], product)
+        pooled = pooled[0] if parts == 1 else pooled.sum(0)
         ctx.kernels = kernels
         ctx.save_for_backward(x, sh, radial, sender, receiver, all_weights, *kept)
         ctx.block = block

@@ -2,7 +2,8 @@
 
 In training the largest tensors are per-edge messages (edges × channels × message width) and
 per-atom monomials of the symmetric contraction; autograd keeps several of them for the backward
-pass. With frozen weights (inference) the edge messages keep much less (edge_messages.py).
+pass. With frozen weights (inference) the edge messages keep much less (edge_messages.py), and
+the compiled kernels less again (nothing per edge, no monomials).
 Failing early with a clear message beats being killed by the operating system.
 """
 
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import os
 
-from openmace.model.edge_messages import KEEP_WEIGHTS_BYTES
+import torch
+
+from openmace.kernels import cpu_kernels
+from openmace.model.edge_messages import FUSED_CHUNK_BYTES, KEEP_WEIGHTS_BYTES
 from openmace.o3 import irreps_dim
 
 SH_WIDTH = 16  # spherical harmonics and their intermediates per edge (max_ell 3)
@@ -20,6 +24,13 @@ SAFETY = 3.0  # activations kept for backward, gradients, temporaries (measured:
 SAFETY_INFERENCE = 1.5  # frozen weights: what is kept is counted above; gradients and chunk
 # buffers on top (measured peak RSS above the ~0.35 GB of an idle process, Cu 1000 atoms,
 # 78000 edges, float64: 32 channels 1.2 GB, estimate 1.4 GB; 128 channels 3.0 GB, est. 3.5 GB)
+
+# compiled kernels (frozen weights on CPUs): calibrated on peak RSS minus the ~0.35 GB of an idle
+# process, Cu 1000 and 4000 atoms (78 edges per atom), 32 and 128 channels, float32 and float64,
+# 2 threads: measured / unscaled estimate 0.81-1.31, so the estimate x 1.3 is at or above every
+# measured peak and at most 1.6x above it
+EDGE_NUMBERS = 300  # per edge and layer: graph, vectors, harmonics and their autograd records
+SAFETY_COMPILED = 1.3
 
 ALWAYS_AVAILABLE = 256 << 20  # estimates below this are not checked against the system
 
@@ -36,6 +47,24 @@ def available_bytes() -> int | None:
     return None
 
 
+def _estimate_compiled(model, num_atoms: int, num_edges: int, itemsize: int) -> int:
+    """The compiled kernels keep nothing per edge beyond the radial MLP's hidden layers (and
+    its output up to KEEP_WEIGHTS_BYTES), per radial row = edge pair; each extra thread sums
+    scattered messages into a private copy of the pooled features."""
+    c, threads = model.config.features.channels, torch.get_num_threads()
+    rows = num_edges // 2  # the graphs openmace builds are paired (data/graph.py)
+    total = 0
+    for inter, prod in zip(model.interactions, model.products):
+        tp = inter.tensor_product
+        weights = rows * tp.num_paths * c * itemsize
+        total += weights if weights <= KEEP_WEIGHTS_BYTES else FUSED_CHUNK_BYTES
+        total += (rows * sum(inter.radial_mlp_sizes[1:-1]) + num_edges * EDGE_NUMBERS) * itemsize
+        node = tp.dim_mid * threads + irreps_dim(inter.irreps_in) + irreps_dim(inter.irreps_target)
+        contraction = 3 * (prod.contraction.dim + prod.contraction.dim_out)
+        total += num_atoms * c * (node + contraction) * itemsize
+    return int(total * SAFETY_COMPILED)
+
+
 def estimate_bytes(model, num_atoms: int, num_edges: int, itemsize: int) -> int:
     total = 0
     c = model.config.features.channels
@@ -44,6 +73,8 @@ def estimate_bytes(model, num_atoms: int, num_edges: int, itemsize: int) -> int:
     # (asked of the blocks, not of every parameter: that scan cost 0.5 ms per call, a tenth of a
     # 3-atom evaluation)
     inference = all(block.uses_inference_path() for block in model.interactions)
+    if inference and model.atomic_energies.device.type == "cpu" and cpu_kernels() is not None:
+        return _estimate_compiled(model, num_atoms, num_edges, itemsize)
     for inter, prod in zip(model.interactions, model.products):
         if inference:
             weights = inter.tensor_product.num_paths * c
