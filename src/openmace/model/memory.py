@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 from openmace.kernels import cpu_kernels
 from openmace.model.edge_messages import FUSED_CHUNK_BYTES, KEEP_WEIGHTS_BYTES
 from openmace.o3 import irreps_dim
@@ -26,11 +24,11 @@ SAFETY_INFERENCE = 1.5  # frozen weights: what is kept is counted above; gradien
 # 78000 edges, float64: 32 channels 1.2 GB, estimate 1.4 GB; 128 channels 3.0 GB, est. 3.5 GB)
 
 # compiled kernels (frozen weights on CPUs): calibrated on peak RSS minus the ~0.35 GB of an idle
-# process, Cu 1000 and 4000 atoms (78 edges per atom), 32 and 128 channels, float32 and float64,
-# 2 threads: measured / unscaled estimate 0.81-1.31, so the estimate x 1.3 is at or above every
-# measured peak and at most 1.6x above it
-EDGE_NUMBERS = 300  # per edge and layer: graph, vectors, harmonics and their autograd records
-SAFETY_COMPILED = 1.3
+# process, Cu 1000 / 4000 / 16000 atoms (~80 edges per atom), 32 and 128 channels, float32 and
+# float64, 2 threads: measured / unscaled estimate 0.68-1.46, so the estimate x 1.5 is at or
+# above every measured peak and at most 2.2x above it
+EDGE_NUMBERS = 350  # per edge: graph, vectors, harmonics and their autograd records
+SAFETY_COMPILED = 1.5
 
 ALWAYS_AVAILABLE = 256 << 20  # estimates below this are not checked against the system
 
@@ -49,18 +47,17 @@ def available_bytes() -> int | None:
 
 def _estimate_compiled(model, num_atoms: int, num_edges: int, itemsize: int) -> int:
     """The compiled kernels keep nothing per edge beyond the radial MLP's hidden layers (and
-    its output up to KEEP_WEIGHTS_BYTES), per radial row = edge pair; each extra thread sums
-    scattered messages into a private copy of the pooled features."""
-    c, threads = model.config.features.channels, torch.get_num_threads()
+    its output up to KEEP_WEIGHTS_BYTES), per radial row = edge pair."""
+    c = model.config.features.channels
     rows = num_edges // 2  # the graphs openmace builds are paired (data/graph.py)
-    total = 0
+    total = num_edges * EDGE_NUMBERS * itemsize
     for inter, prod in zip(model.interactions, model.products):
         tp = inter.tensor_product
         weights = rows * tp.num_paths * c * itemsize
         total += weights if weights <= KEEP_WEIGHTS_BYTES else FUSED_CHUNK_BYTES
-        total += (rows * sum(inter.radial_mlp_sizes[1:-1]) + num_edges * EDGE_NUMBERS) * itemsize
-        node = tp.dim_mid * threads + irreps_dim(inter.irreps_in) + irreps_dim(inter.irreps_target)
-        contraction = 3 * (prod.contraction.dim + prod.contraction.dim_out)
+        total += rows * sum(inter.radial_mlp_sizes[1:-1]) * itemsize
+        node = tp.dim_mid + irreps_dim(inter.irreps_in) + irreps_dim(inter.irreps_target)
+        contraction = 2 * (prod.contraction.dim + prod.contraction.dim_out)
         total += num_atoms * c * (node + contraction) * itemsize
     return int(total * SAFETY_COMPILED)
 
