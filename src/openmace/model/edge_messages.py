@@ -137,7 +137,7 @@ def _pair_offsets(num_radial: int, num_edges: int) -> list[int]:
 
 # radial weights of one chunk of radial rows in the compiled-kernel path when they are not all
 # kept (more than KEEP_WEIGHTS_BYTES)
-FUSED_CHUNK_BYTES = 256 << 20
+FUSED_CHUNK_BYTES = 64 << 20
 
 
 def _kernels(x: torch.Tensor):
@@ -164,13 +164,17 @@ def _fused_backward(
     grad_x = x.new_zeros((parts, *x.shape))
     grad_sh = torch.zeros_like(sh)
     grad_radial = torch.empty_like(radial)
+    rows = min(chunk, num_radial)  # buffers reused by every chunk (see the forward pass)
+    weights_buffer = x.new_empty((rows, tp.num_paths * c)) if all_weights is None else None
+    grad_buffer = x.new_empty((rows, tp.num_paths, c))
     for a in range(0, num_radial, chunk):
         b = min(a + chunk, num_radial)
-        if all_weights is not None:
+        if weights_buffer is None:
             weights = all_weights[a:b]
         else:
-            weights = mlp.output_from_kept(mlp.act(kept[-1][a:b]) if kept else radial[a:b])
-        grad_weights = x.new_zeros((b - a, tp.num_paths, c))
+            activation = mlp.act(kept[-1][a:b]) if kept else radial[a:b]
+            weights = mlp.output_from_kept(activation, weights_buffer[: b - a])
+        grad_weights = grad_buffer[: b - a].zero_()
         kernels.pooled_backward(
             grad_x,
             grad_sh,
@@ -234,9 +238,15 @@ class PooledMessages(torch.autograd.Function):
             chunk = _chunk_edges(block, x)
         else:
             chunk = max(num_radial, 1) if keep_weights else _fused_rows(x, width)
+        # one buffer for the radial weights of every chunk when they are not all kept (a fresh
+        # one per chunk is page-faulted in each time: 16 000 Cu atoms, 128 channels, 45 -> 31 s)
+        reused = None
+        if all_weights is None and kernels is not None:
+            reused = x.new_empty((min(chunk, num_radial), width))
         for a in range(0, num_radial, chunk):
             b = min(a + chunk, num_radial)
             out = all_weights[a:b] if all_weights is not None else None
+            out = reused[: b - a] if reused is not None else out
             weights = mlp.forward_keeping(radial[a:b], [z[a:b] for z in kept], out)
             weights = weights.view(b - a, tp.num_paths, c)
             if kernels is not None:
