@@ -48,6 +48,15 @@ def _cpu_signature() -> str:
     return f"{platform.machine()} {platform.processor()}"
 
 
+def _is_built(name: str) -> bool:
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        return any(Path(_get_build_directory(name, False)).glob(f"{name}*.so"))
+    except (ImportError, OSError):
+        return False
+
+
 def _remove_stale_lock(name: str) -> None:
     """PyTorch builds under a lock file and waits for it without a time limit; a process killed
     while building leaves it behind. One older than STALE_LOCK_SECONDS is removed."""
@@ -71,7 +80,8 @@ def _build() -> ModuleType:
     digest = hashlib.sha256("\0".join(inputs).encode()).hexdigest()
     name = f"openmace_kernels_{digest[:16]}"
     _remove_stale_lock(name)
-    log.info("loading the compiled CPU kernels (the first use builds them: about a minute)")
+    if not _is_built(name):
+        log.info("building the compiled CPU kernels (once; about a minute)")
     return load(
         name=name,
         sources=[str(source) for source in SOURCES],
