@@ -147,6 +147,21 @@ def _kernels(x: torch.Tensor):
     return cpu_kernels()
 
 
+# memory for the compiled kernels' per-thread scatter copies beyond the second copy: on many
+# cores a large cell would otherwise hold one copy of the pooled features per core
+SCATTER_COPIES_BYTES = 2 << 30
+MIN_ROWS_PER_THREAD = 64  # as MIN_ROWS in edge_messages.cpp
+
+
+def _scatter_copies(x: torch.Tensor, dim: int, rows: int) -> int:
+    """Scatter targets for the kernels: one per thread that gets work, within the memory cap
+    (two always; the kernels split the rows into at most this many parts)."""
+    one_copy = x.shape[0] * dim * x.shape[2] * x.element_size()
+    affordable = max(2, SCATTER_COPIES_BYTES // max(one_copy, 1))
+    useful = max(1, rows // MIN_ROWS_PER_THREAD)
+    return max(1, min(torch.get_num_threads(), useful, affordable))
+
+
 def _fused_rows(x: torch.Tensor, width: int) -> int:
     return max(1, FUSED_CHUNK_BYTES // (width * x.element_size()))
 
@@ -160,7 +175,7 @@ def _fused_backward(
     half = _pair_offsets(num_radial, sh.shape[0])[-1]
     chunk = max(num_radial, 1) if all_weights is not None else _fused_rows(x, tp.num_paths * c)
     grad_pooled = grad_pooled.contiguous()
-    parts = torch.get_num_threads()  # one scatter copy per thread, as in the forward pass
+    parts = _scatter_copies(x, x.shape[1], num_radial)  # as in the forward pass
     grad_x = x.new_zeros((parts, *x.shape))
     grad_sh = torch.zeros_like(sh)
     grad_radial = torch.empty_like(radial)
@@ -226,7 +241,7 @@ class PooledMessages(torch.autograd.Function):
         if kernels is not None:  # the kernels read raw memory: dense row-major inputs
             sh, sender, receiver = sh.contiguous(), sender.contiguous(), receiver.contiguous()
         # the compiled kernels scatter into one copy per thread, summed after the last chunk
-        parts = torch.get_num_threads() if kernels is not None else 1
+        parts = _scatter_copies(x, tp.dim_mid, num_radial) if kernels is not None else 1
         pooled = x.new_zeros((parts, n, tp.dim_mid, c))
         # the MLP's hidden pre-activations (and its output while small) for the backward pass
         kept = [x.new_empty((num_radial, w.shape[1])) for w in mlp.weights[:-1]]
