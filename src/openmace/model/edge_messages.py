@@ -5,7 +5,12 @@
 The autograd version (:meth:`InteractionBlock.messages_autograd`) keeps every per-edge
 temporary of every edge chunk alive for the backward pass and allocates fresh ones for each
 operation; on this kind of machine a fresh 13 MB temporary costs more than the arithmetic done
-on it (the kernel hands out zeroed pages). This version
+on it (the kernel hands out zeroed pages). This version has two implementations of the same sums.
+
+On CPUs, when the compiled kernels are available (:mod:`openmace.kernels`), the radial MLP runs
+here (once per radial row, i.e. per edge pair when the edges come in reversed halves) and the
+kernels do the rest in one pass over the edges forward and one backward, storing nothing per
+edge. Otherwise, in PyTorch operations, it
 
 * keeps per edge only the inputs (harmonics ``Y``, radial features), the radial MLP's hidden
   pre-activations and (when they fit in ``KEEP_WEIGHTS_BYTES``) its output; the coupled
