@@ -16,6 +16,14 @@ from torch import nn
 from openmace.o3.irreps import Irrep
 
 
+def mix_channels(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``y[n, o, m] = Σ_i x[n, i, m] w[i, o]``: one matrix product, without the permuted copies
+    of a general contraction when there is one component (scalars)."""
+    if x.shape[-1] == 1:
+        return torch.mm(x.squeeze(-1), w).unsqueeze(-1)
+    return torch.einsum("nim,io->nom", x, w)
+
+
 def assemble(
     outs: list[torch.Tensor | None], dims: list[int], ref: torch.Tensor, channels: int
 ) -> torch.Tensor:
@@ -60,7 +68,7 @@ class EquivariantLinear(nn.Module):
         outs: list[torch.Tensor | None] = [None for _ in self.dims_out]
         for k, w in enumerate(self.weights):
             i, j = self.paths[k]
-            outs[j] = torch.einsum("nim,io->nom", blocks[i], w) * w.shape[0] ** -0.5
+            outs[j] = mix_channels(blocks[i], w) * w.shape[0] ** -0.5
         return assemble(outs, self.dims_out, blocks[0], self.channels_out)
 
 
@@ -155,5 +163,5 @@ class ElementLinear(nn.Module):
         outs: list[torch.Tensor | None] = [None for _ in self.dims_out]
         for k, w in enumerate(self.weights):
             i, j = self.paths[k]
-            outs[j] = torch.einsum("nim,io->nom", parts[i], w[element])
+            outs[j] = mix_channels(parts[i], w[element])
         return assemble(outs, self.dims_out, x, self.channels_out)
