@@ -46,8 +46,8 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatc
         (folder / "lock").touch()
     old = time.time() - kernels.STALE_LOCK_SECONDS - 60
     os.utime(stale / "lock", (old, old))
-    kernels._remove_stale_lock("stale_build")
-    kernels._remove_stale_lock("fresh_build")
+    kernels._remove_stale_lock(kernels._build_directory("stale_build"))
+    kernels._remove_stale_lock(kernels._build_directory("fresh_build"))
     assert not (stale / "lock").exists()
     assert (fresh / "lock").exists()
 

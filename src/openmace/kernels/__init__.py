@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from types import ModuleType
 
+import torch
+
 log = logging.getLogger(__name__)
 
 SOURCES = [
@@ -48,39 +50,38 @@ def _cpu_signature() -> str:
     return f"{platform.machine()} {platform.processor()}"
 
 
-def _is_built(name: str) -> bool:
+def _build_directory(name: str) -> Path | None:
     try:
         from torch.utils.cpp_extension import _get_build_directory
 
-        return any(Path(_get_build_directory(name, False)).glob(f"{name}*.so"))
+        return Path(_get_build_directory(name, False))
     except (ImportError, OSError):
-        return False
+        return None
 
 
-def _remove_stale_lock(name: str) -> None:
+def _remove_stale_lock(folder: Path) -> None:
     """PyTorch builds under a lock file and waits for it without a time limit; a process killed
     while building leaves it behind. One older than STALE_LOCK_SECONDS is removed."""
+    lock = folder / "lock"
     try:
-        from torch.utils.cpp_extension import _get_build_directory
-
-        lock = Path(_get_build_directory(name, False)) / "lock"
         if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
             log.warning("removing the stale build lock %s (left by a killed build)", lock)
             lock.unlink(missing_ok=True)
-    except (ImportError, OSError):
+    except OSError:
         pass
 
 
 def _build() -> ModuleType:
-    import torch
     from torch.utils.cpp_extension import load
 
     texts = [source.read_text() for source in SOURCES]
     inputs = [*texts, *FLAGS, _cpu_signature(), torch.__version__]
     digest = hashlib.sha256("\0".join(inputs).encode()).hexdigest()
     name = f"openmace_kernels_{digest[:16]}"
-    _remove_stale_lock(name)
-    if not _is_built(name):
+    folder = _build_directory(name)
+    if folder is not None:
+        _remove_stale_lock(folder)
+    if folder is None or not any(folder.glob(f"{name}*.so")):
         log.info("building the compiled CPU kernels (once; about a minute)")
     return load(
         name=name,
@@ -108,3 +109,11 @@ def cpu_kernels() -> ModuleType | None:
                     )
                     _state["cpu"] = None
     return _state["cpu"]
+
+
+def cpu_kernels_for(tensor: torch.Tensor) -> ModuleType | None:
+    """:func:`cpu_kernels` when they apply to ``tensor``'s device and dtype (CPU, float32 or
+    float64), else None."""
+    if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
+        return None
+    return cpu_kernels()

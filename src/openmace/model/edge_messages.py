@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from openmace.kernels import cpu_kernels
+from openmace.kernels import cpu_kernels_for
 from openmace.o3 import ChannelwiseTensorProduct
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ MIN_CHUNK_EDGES = 128
 KEEP_WEIGHTS_BYTES = 1 << 30
 
 
-def _pair_offsets(num_radial: int, num_edges: int) -> list[int]:
+def pair_offsets(num_radial: int, num_edges: int) -> list[int]:
     """Where each chunk of radial rows applies: its edges, and (when the radial rows cover half
     the edges, the second half being the first reversed) also the reverse edges."""
     return [0] if num_radial == num_edges else [0, num_radial]  # [-1]: 0 or the half
@@ -143,13 +143,6 @@ def _pair_offsets(num_radial: int, num_edges: int) -> list[int]:
 # radial weights of one chunk of radial rows in the compiled-kernel path when they are not all
 # kept (more than KEEP_WEIGHTS_BYTES)
 FUSED_CHUNK_BYTES = 64 << 20
-
-
-def _kernels(x: torch.Tensor):
-    """The compiled edge kernels for CPU tensors of float32/float64, else None."""
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-        return None
-    return cpu_kernels()
 
 
 # memory for the compiled kernels' per-thread scatter copies beyond the second copy: on many
@@ -167,6 +160,12 @@ def _scatter_copies(x: torch.Tensor, dim: int, rows: int) -> int:
     return max(1, min(torch.get_num_threads(), useful, affordable))
 
 
+def _chunk_weights(mlp, kept: list[torch.Tensor], radial: torch.Tensor, a: int, b: int, out=None):
+    """The radial MLP's output for rows ``a:b`` from the kept last hidden pre-activation (or
+    the radial features when the MLP has one layer): the backward passes' recomputation."""
+    return mlp.output_from_kept(mlp.act(kept[-1][a:b]) if kept else radial[a:b], out)
+
+
 def _fused_rows(x: torch.Tensor, width: int) -> int:
     return max(1, FUSED_CHUNK_BYTES // (width * x.element_size()))
 
@@ -177,7 +176,7 @@ def _fused_backward(
     """Gradients with respect to (x, Y, radial features) through the compiled kernels."""
     tp, mlp = block.tensor_product, block.radial_mlp
     num_radial, c = radial.shape[0], x.shape[2]
-    half = _pair_offsets(num_radial, sh.shape[0])[-1]
+    half = pair_offsets(num_radial, sh.shape[0])[-1]
     chunk = max(num_radial, 1) if all_weights is not None else _fused_rows(x, tp.num_paths * c)
     grad_pooled = grad_pooled.contiguous()
     parts = _scatter_copies(x, x.shape[1], num_radial)  # as in the forward pass
@@ -192,8 +191,7 @@ def _fused_backward(
         if weights_buffer is None:
             weights = all_weights[a:b]
         else:
-            activation = mlp.act(kept[-1][a:b]) if kept else radial[a:b]
-            weights = mlp.output_from_kept(activation, weights_buffer[: b - a])
+            weights = _chunk_weights(mlp, kept, radial, a, b, weights_buffer[: b - a])
         grad_weights = grad_buffer[: b - a].zero_()
         kernels.pooled_backward(
             grad_x,
@@ -241,8 +239,8 @@ class PooledMessages(torch.autograd.Function):
         tp, mlp = block.tensor_product, block.radial_mlp
         n, dim_in, c = x.shape
         num_radial, width = radial.shape[0], tp.num_paths * c
-        offsets = _pair_offsets(num_radial, sh.shape[0])
-        kernels = _kernels(x)
+        offsets = pair_offsets(num_radial, sh.shape[0])
+        kernels = cpu_kernels_for(x)
         if kernels is not None:  # the kernels read raw memory: dense row-major inputs
             sh, sender, receiver = sh.contiguous(), sender.contiguous(), receiver.contiguous()
         # the compiled kernels scatter into one copy per thread, summed after the last chunk
@@ -303,7 +301,7 @@ class PooledMessages(torch.autograd.Function):
         need_x, need_sh, need_radial = ctx.needs_input_grad[:3]
         n, dim_in, c = x.shape
         num_radial, mid = radial.shape[0], tp.dim_mid
-        offsets = _pair_offsets(num_radial, sh.shape[0])
+        offsets = pair_offsets(num_radial, sh.shape[0])
         grad_pooled = grad_pooled.contiguous()
         grad_x = torch.zeros_like(x) if need_x else None
         grad_sh = torch.empty_like(sh) if need_sh else None
@@ -315,7 +313,7 @@ class PooledMessages(torch.autograd.Function):
             if all_weights is not None:
                 weights = all_weights[a:b]
             else:
-                weights = mlp.output_from_kept(mlp.act(kept[-1][a:b]) if kept else radial[a:b])
+                weights = _chunk_weights(mlp, kept, radial, a, b)
             weights = weights.view(k, tp.num_paths, c)
             grad_weights = work("grad_weights", k)
             for pass_index, offset in enumerate(offsets):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from openmace.model.edge_messages import PooledMessages
+from openmace.model.edge_messages import PooledMessages, pair_offsets
 from openmace.model.radial import MLP
 from openmace.o3 import (
     ChannelwiseTensorProduct,
@@ -112,7 +112,7 @@ class InteractionBlock(nn.Module):
         chunk = self.edge_chunk
         num_radial = radial.shape[0]
         # radial rows for half the edges: edge e and its reverse e + num_radial share them
-        offsets = [0] if num_radial == sender.shape[0] else [0, num_radial]
+        offsets = pair_offsets(num_radial, sender.shape[0])
         for start in range(0, num_radial, chunk):
             stop = min(start + chunk, num_radial)
             weights = self.radial_mlp(radial[start:stop]).view(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from openmace.kernels import cpu_kernels
+from openmace.kernels import cpu_kernels_for
 from openmace.model.edge_messages import FUSED_CHUNK_BYTES, KEEP_WEIGHTS_BYTES
 from openmace.o3 import irreps_dim
 
@@ -70,7 +70,7 @@ def estimate_bytes(model, num_atoms: int, num_edges: int, itemsize: int) -> int:
     # (asked of the blocks, not of every parameter: that scan cost 0.5 ms per call, a tenth of a
     # 3-atom evaluation)
     inference = all(block.uses_inference_path() for block in model.interactions)
-    if inference and model.atomic_energies.device.type == "cpu" and cpu_kernels() is not None:
+    if inference and cpu_kernels_for(model.atomic_energies) is not None:
         return _estimate_compiled(model, num_atoms, num_edges, itemsize)
     for inter, prod in zip(model.interactions, model.products):
         if inference:

@@ -18,7 +18,7 @@ import itertools
 import torch
 from torch import nn
 
-from openmace.kernels import cpu_kernels
+from openmace.kernels import cpu_kernels_for
 from openmace.o3 import ElementGroups, EquivariantLinear, Irrep, coupling_basis, irreps_dim
 from openmace.o3.coupling import monomial_recursion, tree_frame
 from openmace.o3.linear import sort_by_element
@@ -237,11 +237,9 @@ class SymmetricContraction(nn.Module):
     @torch.jit.unused
     def _kernels(self, a: torch.Tensor):
         """The compiled kernels when they apply: CPU, float32/64, frozen weights."""
-        if a.device.type != "cpu" or a.dtype not in (torch.float32, torch.float64):
-            return None
         if any(w.requires_grad for w in self.weights.values()):
             return None
-        return cpu_kernels()
+        return cpu_kernels_for(a)
 
     @torch.jit.unused
     def kernel_plan(self) -> tuple[torch.Tensor, ...]:
@@ -277,8 +275,9 @@ class SymmetricContraction(nn.Module):
 
     @torch.jit.unused
     def _forward_eager(self, a: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
-        if self._kernels(a) is not None:
-            return CompiledContraction.apply(a, groups, self)
+        kernels = self._kernels(a)
+        if kernels is not None:
+            return CompiledContraction.apply(a, groups, self, kernels)
         return self.forward_operations(a, groups)
 
     def forward_operations(self, a: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
@@ -320,10 +319,11 @@ class CompiledContraction(torch.autograd.Function):
     derivative (``create_graph=True``) goes through :meth:`forward_operations` and autograd."""
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, groups: ElementGroups, module: SymmetricContraction):  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx, a: torch.Tensor, groups: ElementGroups, module: SymmetricContraction, kernels
+    ):
         x = a.transpose(1, 2).contiguous()  # [n, dim, c]: channels in SIMD lanes
         species = groups.species.contiguous()
-        kernels = module._kernels(a)
         out = kernels.contraction_forward(
             x, species, module._kernel_weights(), *module.kernel_plan(), module.kernel_rows
         )
@@ -338,7 +338,7 @@ class CompiledContraction(torch.autograd.Function):
         if torch.is_grad_enabled():  # a second derivative is wanted: autograd all the way
             out = module.forward_operations(a, ctx.groups)
             (grad,) = torch.autograd.grad(out, a, grad_out, create_graph=True)
-            return grad, None, None
+            return grad, None, None, None
         grad_x = ctx.kernels.contraction_backward(
             x,
             species,
@@ -347,7 +347,7 @@ class CompiledContraction(torch.autograd.Function):
             module.kernel_rows,
             grad_out.transpose(1, 2).contiguous(),
         )
-        return grad_x.transpose(1, 2), None, None
+        return grad_x.transpose(1, 2), None, None, None
 
 
 class ProductBlock(nn.Module):
