@@ -3,15 +3,15 @@
     TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 venv-mace/bin/python benchmarks/gradient_parity.py \
         --structures /path/to/rmd17/aspirin_train.xyz [--count 5] [--channels 16]
 
-Run in the mace-torch venv with openmace installed (``pip install --no-deps -e .``). Builds a
-random mace-torch ScaleShiftMACE (float64; the builder of ``tests/data/make_parity_fixture.py``),
-converts it, evaluates the paper's loss (energy per atom + 100 × forces, MSE) on one batch with
-both codes and backpropagates through the forces (second derivatives, as in training). Prints
-the loss and, per parameter, the relative difference of the gradients. Parameters copied 1:1
-must agree to rounding; the radial-MLP and readout layers after a SiLU differ by the ratio of
-e3nn's Monte-Carlo SiLU constant to our exact one (1.6e-3), which the converter folds into the
-weights. Symmetric-contraction weights are compared by their gradient norm per element and
-channel (both codes use one weight per coupling tree; tree order and signs may differ).
+Run in the mace-torch venv with openmace installed (``pip install --no-deps -e .``). Builds a random
+mace-torch ScaleShiftMACE (float64; the builder of ``tests/fixtures/make_parity_fixture.py``),
+converts it, evaluates the paper's loss (energy per atom + 100 × forces, MSE) on one batch with both
+codes and backpropagates through the forces (second derivatives, as in training). Prints the loss
+and, per parameter, the relative difference of the gradients. Parameters copied 1:1 must agree to
+rounding; the radial-MLP and readout layers after a SiLU differ by the ratio of e3nn's Monte-Carlo
+SiLU constant to our exact one (1.6e-3), which the converter folds into the weights. Symmetric-
+contraction weights are compared by their gradient norm per element and channel (both codes use one
+weight per coupling tree; tree order and signs may differ).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> None:
 
     from openmace.data.graph import batch_atoms
     from openmace.io.mace_torch import load_mace_torch
-    from tests.data.make_parity_fixture import build
+    from tests.fixtures.make_parity_fixture import build
 
     torch.set_default_dtype(torch.float64)
     frames = read(args.structures, f":{args.count}")
@@ -82,7 +82,7 @@ def main() -> None:
     out = theirs(batch.to_dict(), training=True, compute_force=True)
     loss_theirs = loss(out["energy"], out["forces"])
     loss_theirs.backward()
-    out = ours(batch_atoms(frames, 5.0), training=True)
+    out = ours(batch_atoms(frames, 5.0), create_graph=True)
     loss_ours = loss(out["energy"], out["forces"])
     loss_ours.backward()
     g_theirs = {k: p.grad for k, p in theirs.named_parameters()}
@@ -131,9 +131,9 @@ def main() -> None:
             rows.append((f"interactions.{t}.{mine.rstrip('.')} (gradient norm)", abs(a - b) / b))
         rows.append(
             (
-                f"interactions.{t}.radial_mlp first layer",
+                f"interactions.{t}.messages.radial_mlp first layer",
                 relative(
-                    g_ours[f"interactions.{t}.radial_mlp.weights.0"],
+                    g_ours[f"interactions.{t}.messages.radial_mlp.weights.0"],
                     g_theirs[f"interactions.{t}.conv_tp_weights.layer0.weight"],
                 ),
             )

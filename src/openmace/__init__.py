@@ -3,14 +3,15 @@
 Public API::
 
     from openmace import MACE, MACECalculator, MACEConfig, load_model, save_model, convert
+    from openmace import for_inference  # a frozen copy with the fast operators
 """
 
-__version__ = "0.1.0"
-
-from openmace.calculators.mace import MACECalculator  # noqa: E402
-from openmace.io.mace_torch import load_mace_torch as convert  # noqa: E402
-from openmace.io.model_file import load_model, save_model  # noqa: E402
-from openmace.model import MACE, MACEConfig  # noqa: E402
+from openmace.accel import for_inference
+from openmace.calculators.mace import MACECalculator
+from openmace.io.mace_torch import load_mace_torch as convert
+from openmace.io.model_file import load_model, save_model
+from openmace.model import MACE, MACEConfig
+from openmace.version import __version__
 
 __all__ = [
     "MACE",
@@ -18,6 +19,7 @@ __all__ = [
     "MACEConfig",
     "__version__",
     "convert",
+    "for_inference",
     "load_model",
     "save_model",
 ]

@@ -13,7 +13,7 @@ from ase.optimize import BFGS
 from openmace import MACECalculator
 from openmace.data.graph import batch_atoms
 from openmace.io.mace_torch import load_mace_torch
-from tests.conftest import load_reference, make_model, molecule, triclinic_cell
+from tests.helpers import load_reference, make_model, molecule, triclinic_cell
 
 
 def test_calculator_equals_model():

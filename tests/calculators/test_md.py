@@ -6,7 +6,7 @@ import pytest
 
 from openmace import MACECalculator
 from openmace.simulate import run_md
-from tests.conftest import make_model, molecule
+from tests.helpers import make_model, molecule
 
 
 @pytest.mark.parametrize("ensemble", ["nve", "nvt"])

@@ -8,7 +8,7 @@ import pytest
 from openmace import load_model
 from openmace.cli.main import main
 from openmace.data.graph import batch_atoms
-from tests.conftest import load_reference
+from tests.helpers import load_reference
 
 
 def test_demo_prints_energy_and_forces(capsys):
@@ -53,8 +53,7 @@ def test_eval_writes_mace_keys_and_error_table(tmp_path, capsys):
     from ase.io import read
 
     from openmace import save_model
-    from tests.conftest import make_model
-    from tests.train.helpers import copper_cells, molecules, write_xyz
+    from tests.helpers import copper_cells, make_model, molecules, write_xyz
 
     model_path = save_model(make_model(), tmp_path / "m.safetensors")
     configs = write_xyz(tmp_path / "in.xyz", molecules(3) + copper_cells(2))

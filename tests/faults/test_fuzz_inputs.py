@@ -121,7 +121,7 @@ def test_config_parser_accepts_or_names_the_problem(mapping):
         correlation=cfg.correlation,
         num_interactions=cfg.num_interactions,
         radial_mlp=cfg.radial_mlp,
-        readout_mlp=[cfg.readout_mlp],
+        readout_mlp=cfg.readout_mlp,
     )
 
 

@@ -11,17 +11,15 @@ import pytest
 import torch
 
 from openmace import kernels
+from openmace.accel import for_inference
 from openmace.data.graph import batch_atoms
-from tests.conftest import make_model, molecule
-from tests.model.conftest import compiler_available
+from tests.helpers import compiler_available, make_model, molecule
 
 
 def test_a_failed_build_falls_back_to_pytorch_operations(monkeypatch, caplog):
     model = make_model()
-    model.requires_grad_(False)
     graph = batch_atoms([molecule()], model.config.r_max)
-    monkeypatch.setenv("OPENMACE_KERNELS", "0")
-    reference = model(graph)
+    reference = for_inference(model, "pytorch")(graph)
 
     def broken_build():
         raise RuntimeError("Error building extension 'openmace_kernels': no compiler")
@@ -30,8 +28,8 @@ def test_a_failed_build_falls_back_to_pytorch_operations(monkeypatch, caplog):
     monkeypatch.setattr(kernels, "_state", {})
     monkeypatch.setattr(kernels, "_build", broken_build)
     with caplog.at_level(logging.WARNING, logger="openmace.kernels"):
-        first = model(graph)
-        second = model(graph)
+        first = for_inference(model)(graph)
+        second = for_inference(model)(graph)
     warnings = [r for r in caplog.records if "compiled kernels unavailable" in r.getMessage()]
     assert len(warnings) == 1 and "no compiler" in warnings[0].getMessage()
     for out in (first, second):
@@ -58,7 +56,7 @@ def test_compiled_kernels_refuse_edges_outside_the_atoms():
         pytest.skip("no C++ compiler or ninja")
     compiled = kernels.cpu_kernels()
     block = make_model().interactions[1]
-    tp, c = block.tensor_product, block.channels
+    tp, c = block.messages.tensor_product, block.channels
     n, edges = 3, 4
     x = torch.zeros(n, sum(ir.dim for ir in tp.irreps_in), c)
     sh = torch.zeros(edges, tp.cg_matrix.shape[0])

@@ -15,7 +15,7 @@ import torch
 
 from openmace import load_model
 from openmace.train.checkpoint import load_checkpoint
-from tests.train.helpers import molecules, write_xyz
+from tests.helpers import molecules, write_xyz
 
 ARGS = [
     "--channels",

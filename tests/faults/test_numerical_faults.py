@@ -8,8 +8,7 @@ import torch
 
 import openmace.train.loop as loop
 from openmace.train.checkpoint import load_checkpoint
-from tests.train.helpers import molecules, write_xyz
-from tests.train.test_training import make_config
+from tests.helpers import make_config, molecules, write_xyz
 
 
 def test_nan_loss_stops_without_touching_weights(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 from ase.io import write
 
 from openmace import MACECalculator, save_model
-from tests.conftest import make_model, molecule, triclinic_cell
+from tests.helpers import make_model, molecule, triclinic_cell
 
 
 @pytest.fixture
@@ -57,9 +57,9 @@ def test_the_memory_estimate_does_not_refuse_work_that_fits():
     (128x0e+128x1o) on 16 000 Cu atoms with 1 376 000 edges peaks at 6.4 GB in float64, and on
     1000 atoms with 78 000 edges at 1.96 GB. The estimate must stay at or above those, but not
     far above (the estimate of the PyTorch path said 73 GiB for the first)."""
+    from openmace.accel import for_inference
     from openmace.kernels import cpu_kernels
-    from openmace.model.memory import estimate_bytes
-    from tests.model.conftest import compiler_available
+    from tests.helpers import compiler_available
 
     if not compiler_available() or cpu_kernels() is None:
         pytest.skip("the estimate is for the compiled kernels")
@@ -69,7 +69,7 @@ def test_the_memory_estimate_does_not_refuse_work_that_fits():
         atomic_energies=[0.0],
         radial_mlp=[64, 64, 64],
     )
-    model.requires_grad_(False)
+    model = for_inference(model, "compiled")
     for atoms, edges, peak in ((16000, 1_376_000, 6.4e9), (1000, 78_000, 1.96e9)):
-        estimate = estimate_bytes(model, atoms, edges, 8)
+        estimate = model.working_memory(atoms, edges)
         assert 0.75 * peak < estimate < 2.5 * peak

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from openmace import load_model, save_model
 from openmace.data.graph import batch_atoms
 from openmace.io.model_file import ModelFileError, read_header
-from tests.conftest import make_model, molecule, triclinic_cell
+from tests.helpers import make_model, molecule, triclinic_cell
 
 
 def predict(model, dtype=torch.float64):
@@ -125,10 +125,60 @@ def test_version_1_files_still_load_to_the_same_model(tmp_path):
             shrunk += tensors[name].shape[1] < model.state_dict()[name].shape[1]
     assert shrunk > 0
     old = tmp_path / "v1.safetensors"
+    tensors = {_v2_name(k): v for k, v in tensors.items()}  # names before version 3
     save_file(tensors, str(old), metadata={**metadata, "format_version": "1"})
     a, b = predict(model), predict(load_model(old))
     for key in ("energy", "forces", "stress"):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-12)
+
+
+def _v2_name(name: str) -> str:
+    return name.replace(".messages.radial_mlp.", ".radial_mlp.")
+
+
+def test_version_2_files_load_to_the_same_model(tmp_path):
+    """Format 2 named the radial MLP interactions.N.radial_mlp and had no ZBL constants."""
+    model = make_model(pair_repulsion=True)
+    path, tensors, metadata = _rewrite(tmp_path, model)
+    old_tensors = {_v2_name(k): v for k, v in tensors.items() if ".a_" not in k}
+    assert set(old_tensors) != set(tensors)
+    old = tmp_path / "v2.safetensors"
+    save_file(old_tensors, str(old), metadata={**metadata, "format_version": "2"})
+    a, b = predict(model), predict(load_model(old))
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_converted_zbl_constants_survive_save_and_load(tmp_path, parity_dirs):
+    """mace-torch keeps ZBL's a_exp and a_prefactor as buffers, in the model's dtype (float32
+    models: 0.30000001, not 0.3) and trainable in principle: a converted model keeps the file's
+    values through save and load. The mixed-parity ZBL fixture with such values."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from safetensors.torch import save_file as save_tensors
+
+    from openmace.io.mace_torch import load_mace_torch
+
+    folder = tmp_path / "zbl"
+    shutil.copytree(parity_dirs["p4_mixed_parity_zbl"], folder)
+    state = load_file(str(folder / "weights.safetensors"))
+    values = {"a_exp": float(torch.tensor(0.3, dtype=torch.float32)), "a_prefactor": 0.51}
+    for name, value in values.items():
+        state[f"pair_repulsion_fn.{name}"] = torch.tensor(value, dtype=torch.float64)
+    save_tensors(state, str(folder / "weights.safetensors"))
+    converted = load_mace_torch(folder)
+    for name, value in values.items():
+        assert float(getattr(converted.pair_repulsion, name)) == value
+    loaded = load_model(save_model(converted, tmp_path / "zbl.safetensors"))
+    for name in values:
+        assert torch.equal(
+            getattr(loaded.pair_repulsion, name), getattr(converted.pair_repulsion, name)
+        )
+    graph = batch_atoms([molecule(), molecule(seed=1)], converted.config.r_max)
+    a, b = converted(graph), loaded(graph)
+    for key in ("energy", "forces"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
 def _fail_if_called(*args, **kwargs):

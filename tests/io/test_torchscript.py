@@ -16,7 +16,7 @@ from openmace import save_model
 from openmace.cli.main import main
 from openmace.data.graph import graph_from_atoms
 from openmace.io.torchscript import EXTRA_FILE, export_torchscript, script_model
-from tests.conftest import make_model, molecule, triclinic_cell
+from tests.helpers import make_model, molecule, triclinic_cell
 
 VARIANTS = {
     "default": {},

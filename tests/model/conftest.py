@@ -3,15 +3,10 @@ compiled kernels and PyTorch operations."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from openmace import kernels
-
-
-def compiler_available() -> bool:
-    return bool(shutil.which("c++") or shutil.which("g++")) and bool(shutil.which("ninja"))
+from tests.helpers import compiler_available
 
 
 @pytest.fixture(params=["compiled", "pytorch"])

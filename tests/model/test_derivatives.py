@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from openmace.accel import for_inference
 from openmace.data.graph import batch_atoms
-from tests.conftest import make_model, molecule, triclinic_cell
+from openmace.memory import check_memory
+from tests.helpers import make_model, molecule, triclinic_cell
 
 
 def energy(model, atoms) -> float:
@@ -163,13 +165,13 @@ def test_edge_chunks_give_the_same_results_and_training_gradients():
 
     def run():
         model.zero_grad()
-        out = model(graph, compute_stress=True, training=True)
+        out = model(graph, compute_stress=True, create_graph=True)
         (out["energy"].square().sum() + out["forces"].square().sum()).backward()
         return out, [p.grad.clone() for p in model.parameters()]
 
     whole, grads_whole = run()
     for interaction in model.interactions:
-        interaction.edge_chunk = 7  # many chunks, the last one partial
+        interaction.messages.edge_chunk = 7  # many chunks, the last one partial
     assert graph.edge_index.shape[1] > 20 * 7
     chunked, grads_chunked = run()
     for key in ("energy", "forces", "stress"):
@@ -184,24 +186,31 @@ def test_unknown_element_is_a_clear_error():
         model(batch_atoms([ase.Atoms("Fe")], model.config.r_max))
 
 
-def test_frozen_model_cache_follows_weight_changes():
-    """Inference caches contracted coupling weights; changing a weight must invalidate it."""
+def test_inference_copy_is_a_snapshot_and_a_new_copy_follows_weight_changes():
+    """The inference copy caches contracted coupling weights: it is a frozen snapshot. The
+    original keeps its gradients; a copy made after a weight change follows the change."""
     model = make_model()
-    model.requires_grad_(False)
     graph = batch_atoms([molecule()], model.config.r_max)
-    first = model(graph)["energy"]
+    snapshot = for_inference(model)
+    first = snapshot(graph)["energy"]
+    assert all(p.requires_grad for p in model.parameters())
     with torch.no_grad():
         for w in model.products[0].contraction.weights.values():
             w.mul_(1.5)
-    changed = model(graph)["energy"]
+    changed = for_inference(model)(graph)["energy"]
     reference = make_model()
     reference.load_state_dict(model.state_dict())
     assert not torch.allclose(first, changed)
+    assert torch.equal(snapshot(graph)["energy"], first)
     assert torch.allclose(changed, reference(graph)["energy"], atol=1e-12)
 
 
 def test_too_large_evaluation_fails_early_with_advice(monkeypatch):
     model = make_model()
+    graph = batch_atoms([molecule()], model.config.r_max)
     monkeypatch.setenv("OPENMACE_MEMORY_LIMIT", "1000")  # bytes
     with pytest.raises(MemoryError, match="smaller batch"):
-        model(batch_atoms([molecule()], model.config.r_max))
+        check_memory(model, len(graph.positions), graph.edge_index.shape[1])
+    with pytest.raises(MemoryError, match="smaller batch"):  # the keyword alone
+        monkeypatch.delenv("OPENMACE_MEMORY_LIMIT")
+        check_memory(model, len(graph.positions), graph.edge_index.shape[1], limit_bytes=1000)

@@ -7,11 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from openmace.accel import for_inference
+from openmace.accel import messages as edge_messages
+from openmace.accel.messages import PooledMessages
 from openmace.data.graph import batch_atoms
-from openmace.model import edge_messages
-from openmace.model.edge_messages import PooledMessages
-from tests.conftest import make_model, molecule, triclinic_cell
-from tests.model.conftest import compiler_available
+from tests.helpers import (
+    compiler_available,
+    make_model,
+    molecule,
+    pooled_messages_case,
+    triclinic_cell,
+)
 
 VARIANTS = {
     "default": {},
@@ -21,8 +27,7 @@ VARIANTS = {
 }
 
 
-def predictions(model, graph, frozen: bool) -> dict[str, torch.Tensor]:
-    model.requires_grad_(not frozen)  # frozen weights select the inference path
+def predictions(model, graph) -> dict[str, torch.Tensor]:
     return model(graph, compute_forces=True, compute_stress=True)
 
 
@@ -36,45 +41,20 @@ def test_inference_path_equals_autograd_path(
         monkeypatch.setattr(edge_messages, "FUSED_CHUNK_BYTES", 1)  # one radial row per call
     model = make_model(**VARIANTS[variant])
     graph = batch_atoms([molecule(), triclinic_cell(), triclinic_cell(seed=1)], model.config.r_max)
-    reference = predictions(model, graph, frozen=False)
-    for interaction in model.interactions:
-        interaction.edge_chunk = 7  # many chunks, the last one partial
+    reference = predictions(model, graph)
+    fast_model = for_inference(model, cpu_implementation)
+    for interaction in fast_model.interactions:
+        interaction.messages.edge_chunk = 7  # many chunks, the last one partial
     assert graph.edge_index.shape[1] > 20 * 7
     calls = []
     original = PooledMessages.forward
     monkeypatch.setattr(
         PooledMessages, "forward", staticmethod(lambda *a: calls.append(1) or original(*a))
     )
-    fast = predictions(model, graph, frozen=True)
+    fast = predictions(fast_model, graph)
     assert len(calls) == len(model.interactions)  # the inference path did run
     for key in ("energy", "node_energy", "forces", "stress", "virials"):
         torch.testing.assert_close(fast[key], reference[key], rtol=0, atol=1e-12)
-
-
-def pooled_messages_case(paired: bool = False):
-    """A frozen interaction block (4-edge chunks) and random inputs for its pooled messages;
-    ``paired``: the second half of the edges reverses the first and the radial features are
-    given for the first half only (paired_edges in graph.py)."""
-    model = make_model(hidden_irreps="3x0e+3x1o", radial_mlp=[5, 4])
-    model.requires_grad_(False)
-    block = model.interactions[1]
-    block.edge_chunk = 4
-    gen = torch.Generator().manual_seed(0)
-    n, e, c = 4, 10 if paired else 9, block.channels
-    dim_in = sum(ir.dim for ir in block.irreps_in)
-    x = torch.randn(n, dim_in, c, generator=gen, requires_grad=True)
-    sh = torch.randn(e, block.tensor_product.cg_matrix.shape[0], generator=gen, requires_grad=True)
-    rows = e // 2 if paired else e
-    radial = torch.randn(rows, block.radial_mlp_sizes[0], generator=gen, requires_grad=True)
-    sender = torch.randint(0, n, (e,), generator=gen)
-    receiver = torch.randint(0, n, (e,), generator=gen)
-    if paired:
-        sender[rows:], receiver[rows:] = receiver[:rows], sender[:rows]
-
-    def pooled(x, sh, radial):
-        return PooledMessages.apply(x, sh, radial, sender, receiver, block)
-
-    return pooled, (x, sh, radial), (block, sender, receiver)
 
 
 def test_gradients_of_pooled_messages_match_finite_differences(cpu_implementation):
@@ -97,17 +77,14 @@ def test_compiled_kernels_equal_pytorch_operations_on_a_large_cell(threads, dtyp
     if not compiler_available():
         pytest.skip("no C++ compiler or ninja")
     model = make_model(hidden_irreps="16x0e+16x1o").to(dtype)
-    model.requires_grad_(False)
     atoms = triclinic_cell() * (2, 2, 2)
     graph = batch_atoms([atoms], model.config.r_max)
     assert graph.edge_index.shape[1] > 4 * 64 * 2  # rows for two threads
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        monkeypatch.setenv("OPENMACE_KERNELS", "0")
-        reference = model(graph, compute_stress=True)
-        monkeypatch.setenv("OPENMACE_KERNELS", "1")
-        compiled = model(graph, compute_stress=True)
+        reference = for_inference(model, "pytorch")(graph, compute_stress=True)
+        compiled = for_inference(model, "compiled")(graph, compute_stress=True)
     finally:
         torch.set_num_threads(previous)
     tolerance = 1e-12 if dtype == torch.float64 else 1e-4

@@ -8,7 +8,7 @@ from ase.io import read
 
 from openmace.data.graph import batch_atoms
 from openmace.io.mace_torch import load_mace_torch
-from tests.conftest import PARITY_NAMES, load_reference
+from tests.helpers import PARITY_NAMES, load_reference
 
 
 @pytest.mark.parametrize("name", PARITY_NAMES)
@@ -58,9 +58,11 @@ def test_sign_convention_matters_for_mixed_parity_models(parity_dirs, monkeypatc
     flipped = [
         path
         for inter in model.interactions
-        for path in inter.tensor_product.paths
+        for path in inter.messages.tensor_product.paths
         if conversion.e3nn_044_sign(
-            inter.irreps_in[path[0]].l, inter.tensor_product.irreps_sh[path[1]].l, path[2].l
+            inter.irreps_in[path[0]].l,
+            inter.messages.tensor_product.irreps_sh[path[1]].l,
+            path[2].l,
         )
         < 0
     ]

@@ -8,8 +8,7 @@ import torch
 from e3nn.o3 import Irrep as E3nnIrrep
 
 from openmace.data.graph import batch_atoms
-from tests.conftest import make_model, molecule, triclinic_cell
-from tests.o3.test_clebsch_gordan import random_rotation
+from tests.helpers import make_model, molecule, random_rotation, triclinic_cell
 
 MODELS = {
     "L1": dict(hidden_irreps="8x0e+8x1o"),

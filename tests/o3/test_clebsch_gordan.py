@@ -9,19 +9,15 @@ from safetensors.torch import load_file
 
 from openmace.o3 import clebsch_gordan, e3nn_044_sign
 from openmace.o3.clebsch_gordan import E3NN_044_FLIPPED
+from tests.helpers import random_rotation
 
-DATA = Path(__file__).parents[1] / "data"
+DATA = Path(__file__).parents[1] / "fixtures"
 TRIPLES = [
     (l1, l2, l3)
     for l1 in range(5)
     for l2 in range(5)
     for l3 in range(abs(l1 - l2), min(l1 + l2, 4) + 1)
 ]
-
-
-def random_rotation(seed: int) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed)))
-    return q * torch.sign(torch.linalg.det(q))
 
 
 @pytest.mark.parametrize("l1,l2,l3", TRIPLES)
@@ -37,7 +33,7 @@ def test_clebsch_gordan_is_equivariant_and_normalised(l1, l2, l3):
 
 
 def test_e3nn_044_sign_table_matches_e3nn_044_coefficients():
-    """The stored e3nn 0.4.4 tensors (tests/data/make_e3nn044_table.py) differ from ours by
+    """The stored e3nn 0.4.4 tensors (tests/fixtures/make_e3nn044_table.py) differ from ours by
     exactly the sign in the table, for every triple up to l = 4."""
     reference = load_file(str(DATA / "e3nn044_wigner_3j.safetensors"))
     assert len(reference) == len(TRIPLES)

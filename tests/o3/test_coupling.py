@@ -8,7 +8,7 @@ from e3nn.o3 import Irrep as E3nnIrrep
 
 from openmace.o3 import Irrep, coupling_basis, monomials, spherical_harmonics_irreps
 from openmace.o3.coupling import monomial_multiplicity, symmetric_tensor
-from tests.o3.test_clebsch_gordan import random_rotation
+from tests.helpers import random_rotation
 
 CASES = [(nu, l) for nu in (1, 2, 3, 4) for l in (0, 1, 2, 3)]
 
@@ -96,7 +96,7 @@ def test_bundled_demo_model_reproduces_its_mace_torch_reference(parity_dirs):
 
     from openmace import load_model
     from openmace.data.graph import batch_atoms
-    from tests.conftest import load_reference
+    from tests.helpers import load_reference
 
     model = load_model(str(files("openmace") / "resources" / "demo-hcno.safetensors"))
     folder = parity_dirs["p2_molecular_L1"]

@@ -7,25 +7,11 @@ import pytest
 import torch
 
 from openmace import load_model
+from openmace.accel import for_inference
 from openmace.cli.main import main
 from openmace.train.config import build_config
-from openmace.train.loop import Trainer, frozen_weights, train
-from tests.conftest import make_model
-from tests.train.helpers import TINY_MODEL, copper_cells, molecules, write_xyz
-
-
-def make_config(tmp_path, train_file, **overrides):
-    values = dict(
-        TINY_MODEL,
-        train_file=str(train_file),
-        work_dir=str(tmp_path / "run"),
-        epochs=3,
-        quiet=True,
-        seed=7,
-        e0s="average",
-    )
-    values.update(overrides)
-    return build_config({}, values)
+from openmace.train.loop import Trainer, train
+from tests.helpers import copper_cells, make_config, make_model, molecules, write_xyz
 
 
 def test_loss_goes_down(tmp_path):
@@ -195,16 +181,18 @@ def test_same_seed_same_weights_other_seed_differs(tmp_path):
     assert not all(torch.equal(models[0][k], models[2][k]) for k in models[0])
 
 
-def test_evaluation_freezes_weights_only_for_its_duration():
-    """Evaluation runs the inference paths (weights frozen) and leaves every flag as it was,
-    also when it fails."""
+def test_evaluation_runs_on_a_frozen_copy_and_leaves_the_model_alone():
+    """Evaluation runs the inference operators on a frozen copy (for_inference): the trained
+    model's flags, including a weight the user froze, stay as they were; the copy shares no
+    tensor with it and has the same state dict."""
     model = make_model()
     first = next(model.parameters())
     first.requires_grad_(False)  # a weight the user froze stays frozen
     before = [p.requires_grad for p in model.parameters()]
-    with frozen_weights(model):
-        assert not any(p.requires_grad for p in model.parameters())
+    frozen = for_inference(model)
+    assert not any(p.requires_grad for p in frozen.parameters())
     assert [p.requires_grad for p in model.parameters()] == before
-    with pytest.raises(RuntimeError), frozen_weights(model):
-        raise RuntimeError("evaluation failed")
-    assert [p.requires_grad for p in model.parameters()] == before
+    state, frozen_state = model.state_dict(), frozen.state_dict()
+    assert list(state) == list(frozen_state)
+    assert all(torch.equal(state[k], frozen_state[k]) for k in state)
+    assert all(state[k].data_ptr() != frozen_state[k].data_ptr() for k in state)

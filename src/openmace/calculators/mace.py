@@ -9,8 +9,8 @@ runs a committee: results are the mean, and ``energy_var`` (eV²), ``forces_var`
 component), ``energy_comm`` and ``forces_comm`` hold the spread and the members' values.
 
 A :class:`MACE` object passed in is copied: the calculator evaluates a frozen copy in its own
-device and dtype (the fast inference path) and never changes the caller's model; later changes
-to that model (more training) do not reach the calculator.
+device and dtype (:func:`openmace.accel.for_inference`: the fast operators) and never changes the
+caller's model; later changes to that model (more training) do not reach the calculator.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
+from openmace.accel import for_inference
 from openmace.calculators.neighbours import SkinNeighbourList
 from openmace.io.model_file import load_model
+from openmace.memory import check_memory
 from openmace.model import MACE
 
 
@@ -36,6 +38,23 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 class MACECalculator(Calculator):
+    """ASE calculator for one openmace model or a committee of models.
+
+    Args:
+        model: a model file path, a :class:`MACE` (copied), or a list of them (a committee;
+            they must share ``r_max``).
+        device: where to evaluate (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
+        dtype: ``"float64"`` (default) or ``"float32"``.
+        skin: Verlet skin of the neighbour list in Å (rebuilt when an atom moved more than
+            half of it).
+        implementation: the operators (:func:`openmace.accel.for_inference`): ``"auto"``
+            (compiled CPU kernels where they apply), ``"compiled"``, ``"pytorch"`` or
+            ``"reference"``.
+        memory_limit: bytes an evaluation may use (default: ``OPENMACE_MEMORY_LIMIT``, else the
+            memory the system reports available); larger work raises :class:`MemoryError`.
+        **kwargs: passed to ASE's :class:`~ase.calculators.calculator.Calculator`.
+    """
+
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(
@@ -44,10 +63,13 @@ class MACECalculator(Calculator):
         device: str | torch.device = "cpu",
         dtype: str | torch.dtype = "float64",
         skin: float = 0.5,
+        implementation: str = "auto",
+        memory_limit: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.device, self.dtype = torch.device(device), _dtype(dtype)
+        self.implementation, self.memory_limit = implementation, memory_limit
         items = model if isinstance(model, list | tuple) else [model]
         if not items:
             raise ValueError("MACECalculator needs at least one model")
@@ -63,14 +85,13 @@ class MACECalculator(Calculator):
             loaded = copy.deepcopy(model).to(device=self.device, dtype=self.dtype)
         else:
             loaded = load_model(model, dtype=self.dtype, device=self.device)
-        # inference only: no weight gradients, which selects the fast edge messages and the
-        # cached contraction weights
-        loaded.requires_grad_(False)
-        return loaded
+        return for_inference(loaded, self.implementation)
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
         graph = self.neighbours.graph(self.atoms)
+        for m in self.models:
+            check_memory(m, len(self.atoms), graph.edge_index.shape[1], self.memory_limit)
         periodic = bool(self.atoms.pbc.all())
         outs = [m(graph, compute_forces=True, compute_stress=periodic) for m in self.models]
         energy = np.array([o["energy"].item() for o in outs])

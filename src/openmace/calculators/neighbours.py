@@ -8,10 +8,9 @@ radial envelope vanishes there), so results equal a fresh build up to summation 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from ase import Atoms
 
-from openmace.data.graph import Graph, neighbour_list
+from openmace.data.graph import Graph, graph_from_arrays, neighbour_list
 
 
 class SkinNeighbourList:
@@ -45,13 +44,12 @@ class SkinNeighbourList:
             )
             self.builds += 1
         sender, receiver, shifts = self.edges
-        return Graph(
-            positions=torch.tensor(atoms.get_positions(), dtype=torch.float64),
-            atomic_numbers=torch.tensor(atoms.get_atomic_numbers(), dtype=torch.long),
-            cell=torch.tensor(np.asarray(atoms.get_cell()[:]), dtype=torch.float64).unsqueeze(0),
-            pbc=torch.tensor(atoms.get_pbc()).unsqueeze(0),
-            edge_index=torch.tensor(np.stack([sender, receiver]), dtype=torch.long),
-            unit_shifts=torch.tensor(shifts, dtype=torch.float64),
-            batch=torch.zeros(len(atoms), dtype=torch.long),
-            num_graphs=1,
+        return graph_from_arrays(
+            atoms.get_positions(),
+            atoms.get_atomic_numbers(),
+            np.asarray(atoms.get_cell()[:]),
+            atoms.get_pbc(),
+            sender,
+            receiver,
+            shifts,
         )

@@ -4,10 +4,10 @@ PyTorch frees and re-allocates tensors of the same few sizes at every step. glib
 returns freed memory at the top of the heap to the kernel (``M_TRIM_THRESHOLD``) and serves
 large blocks by ``mmap``; the next step then page-faults the same memory in again, which on
 virtual machines costs more than the arithmetic on it. Keeping freed memory in the process
-(blocks below 32 MiB from the heap, the heap never trimmed) made an aspirin training step 9 %
-faster (281 -> 256 ms CPU, 64 channels, batch 5, float32, interleaved runs; the same with only
-the trim threshold raised was 60 % slower, because fixing one threshold stops glibc's automatic
-raising of the other). The price: the process keeps its peak memory until it exits.
+(blocks below 32 MiB from the heap, the heap never trimmed) made an aspirin training step about
+9 % faster; raising only the trim threshold made it slower, because fixing one threshold stops
+glibc's automatic raising of the other (benchmarks/README.md, "Design measurements"). The
+price: the process keeps its peak memory until it exits.
 
 Only the command line does this (a library must not change its host's allocator); set
 ``OPENMACE_KEEP_FREED_MEMORY=0`` to leave malloc alone. Other C libraries: nothing is done.

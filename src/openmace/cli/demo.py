@@ -24,11 +24,12 @@ def run(args: argparse.Namespace) -> int:
     import ase.build
     import torch
 
+    from openmace.accel import for_inference
     from openmace.data.graph import batch_atoms
     from openmace.io.model_file import load_model
 
     path = args.model or str(files("openmace") / "resources" / "demo-hcno.safetensors")
-    model = load_model(path, dtype=torch.float64)
+    model = for_inference(load_model(path, dtype=torch.float64))
     atoms = ase.build.molecule(args.molecule)
     out = model(batch_atoms([atoms], model.config.r_max))
     print(f"model: {path}")

@@ -32,14 +32,15 @@ def run(args: argparse.Namespace) -> int:
     import ase.io
     import torch
 
+    from openmace.accel import for_inference
     from openmace.data.configurations import Keys, read_configurations
-    from openmace.inference import predict_configurations
+    from openmace.evaluation.metrics import error_rows, format_table, predictions_from
+    from openmace.evaluation.plots import plot_parity
+    from openmace.evaluation.predict import predict_configurations
     from openmace.io.model_file import load_model
-    from openmace.train.metrics import error_rows, format_table, predictions_from
-    from openmace.train.plots import plot_parity
 
     model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
-    model.requires_grad_(False)
+    model = for_inference(model)
     keys = Keys(energy=args.energy_key, forces=args.forces_key, stress=args.stress_key)
     configs = read_configurations(args.configs, keys)
     frames = ase.io.read(args.configs, index=":")

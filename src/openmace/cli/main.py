@@ -22,7 +22,7 @@ LONG_RUNNING = ("train", "eval", "md")  # commands that run with malloc keeping 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from openmace import __version__
+    from openmace.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="openmace", description="MACE interatomic potentials: train, evaluate, run."

@@ -4,7 +4,8 @@
 
 Every option of :class:`openmace.train.config.TrainConfig` is a flag (``--max-ell``,
 ``--max_ell``; mace-torch names such as ``--max_num_epochs`` and ``--num_channels`` too) and a
-key of the YAML file; flags override the file.
+key of the YAML file; flags override the file. The model's options, their help and defaults
+come from the declarations of :class:`openmace.model.MACEConfig`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,21 @@ import argparse
 import logging
 import signal
 import sys
-from dataclasses import fields
+from dataclasses import Field, fields
 
 HELP = "train a MACE potential on an extended-XYZ (or any ASE-readable) data set"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from openmace.train.config import TrainConfig
+    from openmace.train.config import HIDDEN_IRREPS_OPTIONS, MODEL_OPTIONS, TrainConfig
 
     parser.add_argument("--config", help="YAML file of options (flags override it)")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
-    for f in fields(TrainConfig):
+    model = parser.add_argument_group("model options (saved with the model)")
+    training = parser.add_argument_group("training options")
+    for f in sorted(fields(TrainConfig), key=lambda f: f.name not in MODEL_OPTIONS):
+        group = model if f.name in MODEL_OPTIONS + HIDDEN_IRREPS_OPTIONS else training
+        help = f"{f.metadata['help']} (default: {_default(f)})".replace("%", "%%")
         names = [f.name, *f.metadata.get("aliases", ())]
         flags = []
         for name in names:
@@ -33,25 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     flags.append(flag)
         kind = str(f.type)
         if kind.startswith("bool"):
-            parser.add_argument(
+            group.add_argument(
                 *flags,
                 dest=f.name,
                 nargs="?",
                 const="true",
                 default=argparse.SUPPRESS,
                 metavar="BOOL",
-                help=f.metadata["help"],
+                help=help,
             )
         else:
-            parser.add_argument(
-                *flags,
-                dest=f.name,
-                default=argparse.SUPPRESS,
-                help=f"{f.metadata['help']} (default: {_default(f)})",
-            )
+            group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, help=help)
 
 
-def _default(f) -> str:
+def _default(f: Field) -> str:
     from dataclasses import MISSING
 
     if f.default is not MISSING:

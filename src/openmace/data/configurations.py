@@ -10,7 +10,7 @@ the structure index and the problem.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import ase
@@ -49,15 +49,9 @@ class Configuration:
     weight: float = 1.0
     source: str = ""
     index: int = 0
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.atomic_numbers)
-
-    def to_atoms(self) -> ase.Atoms:
-        return ase.Atoms(
-            numbers=self.atomic_numbers, positions=self.positions, cell=self.cell, pbc=self.pbc
-        )
 
 
 def _lookup(atoms: ase.Atoms, key: str):
@@ -179,8 +173,18 @@ def _check_distances(positions, cell, pbc, source, index) -> None:
         )
 
 
-def read_configurations(path: str | Path, keys: Keys | None = None) -> list[Configuration]:
-    """All structures of a file, validated. Raises :class:`DataError` on any problem."""
+@dataclass
+class DataFile:
+    """A file's validated structures and the facts about the file itself."""
+
+    path: Path
+    configs: list[Configuration]
+    available_keys: list[str]  # label/array names in the first structure (for error messages)
+
+
+def read_file(path: str | Path, keys: Keys | None = None) -> DataFile:
+    """All structures of a file, validated, with the file's label names. Raises
+    :class:`DataError` on any problem."""
     keys = keys or Keys()
     path = Path(path)
     if not path.is_file():
@@ -197,9 +201,14 @@ def read_configurations(path: str | Path, keys: Keys | None = None) -> list[Conf
         raise DataError(path, None, "file contains no structures")
     configs = [configuration_from_atoms(a, keys, str(path), i) for i, a in enumerate(frames)]
     calc_keys = set((getattr(frames[0].calc, "results", None) or {}).keys())
-    configs[0].extra["available_keys"] = sorted(
+    available = sorted(
         set(frames[0].info)
         | set(frames[0].arrays)
         | calc_keys - {"numbers", "positions", "species", "pos"}
     )
-    return configs
+    return DataFile(path, configs, available)
+
+
+def read_configurations(path: str | Path, keys: Keys | None = None) -> list[Configuration]:
+    """All structures of a file, validated (:func:`read_file` without the file's facts)."""
+    return read_file(path, keys).configs

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from openmace.data.configurations import Configuration
-from openmace.data.graph import Graph, collate, graph_from_atoms
+from openmace.data.graph import Graph, build_graph, collate
 
 
 @dataclass
@@ -55,12 +55,20 @@ def _zeros33() -> np.ndarray:
     return np.zeros((3, 3))
 
 
+def configuration_graph(config: Configuration, r_max: float) -> Graph:
+    """One structure's graph, straight from its parsed arrays (one neighbour-list build)."""
+    return build_graph(config.positions, config.atomic_numbers, config.cell, config.pbc, r_max)
+
+
 class GraphDataset:
-    """Structures with their graphs (built once) and labels."""
+    """Structures with their graphs and labels. The neighbour lists within ``r_max`` are built
+    here, once per structure, and reused by everything downstream: statistics, training
+    batches, validation and the final error tables."""
 
     def __init__(self, configs: list[Configuration], r_max: float) -> None:
         self.configs = configs
-        self.graphs = [graph_from_atoms(c.to_atoms(), r_max) for c in configs]
+        self.r_max = r_max
+        self.graphs = [configuration_graph(c, r_max) for c in configs]
 
     def __len__(self) -> int:
         return len(self.configs)

@@ -87,21 +87,50 @@ def paired_edges(edge_index: torch.Tensor, unit_shifts: torch.Tensor) -> int:
     return 0
 
 
+def graph_from_arrays(
+    positions: np.ndarray,
+    atomic_numbers: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    sender: np.ndarray,
+    receiver: np.ndarray,
+    unit_shifts: np.ndarray,
+) -> Graph:
+    """One structure as a graph, from its arrays and a neighbour list (:func:`neighbour_list`'s
+    ``sender, receiver, unit_shifts``). The only place a single structure's :class:`Graph` is
+    assembled; floating tensors are float64 (cast with :meth:`Graph.to`)."""
+    return Graph(
+        positions=torch.tensor(np.asarray(positions, dtype=np.float64)).reshape(-1, 3),
+        atomic_numbers=torch.tensor(np.asarray(atomic_numbers), dtype=torch.long).reshape(-1),
+        cell=torch.tensor(np.asarray(cell, dtype=np.float64)).reshape(1, 3, 3),
+        pbc=torch.tensor(np.asarray(pbc, dtype=bool)).reshape(1, 3),
+        edge_index=torch.tensor(np.stack([sender, receiver]), dtype=torch.long).reshape(2, -1),
+        unit_shifts=torch.tensor(np.asarray(unit_shifts, dtype=np.float64)).reshape(-1, 3),
+        batch=torch.zeros(len(positions), dtype=torch.long),
+        num_graphs=1,
+    )
+
+
+def build_graph(
+    positions: np.ndarray,
+    atomic_numbers: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    cutoff: float,
+) -> Graph:
+    """One structure as a graph with its neighbour list within ``cutoff`` (one build)."""
+    sender, receiver, shifts = neighbour_list(positions, cell, pbc, cutoff)
+    return graph_from_arrays(positions, atomic_numbers, cell, pbc, sender, receiver, shifts)
+
+
 def graph_from_atoms(atoms: ase.Atoms, cutoff: float) -> Graph:
     """One structure as a graph (float64 positions; cast with :meth:`Graph.to`)."""
-    positions = atoms.get_positions()
-    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
-    cell = np.asarray(atoms.get_cell()[:], dtype=np.float64)
-    sender, receiver, shifts = neighbour_list(positions, cell, pbc, cutoff)
-    return Graph(
-        positions=torch.tensor(positions, dtype=torch.float64),
-        atomic_numbers=torch.tensor(atoms.get_atomic_numbers(), dtype=torch.long),
-        cell=torch.tensor(cell, dtype=torch.float64).unsqueeze(0),
-        pbc=torch.tensor(pbc).unsqueeze(0),
-        edge_index=torch.tensor(np.stack([sender, receiver]), dtype=torch.long),
-        unit_shifts=torch.tensor(shifts, dtype=torch.float64),
-        batch=torch.zeros(len(atoms), dtype=torch.long),
-        num_graphs=1,
+    return build_graph(
+        atoms.get_positions(),
+        atoms.get_atomic_numbers(),
+        np.asarray(atoms.get_cell()[:], dtype=np.float64),
+        np.asarray(atoms.get_pbc(), dtype=bool),
+        cutoff,
     )
 
 
@@ -121,16 +150,16 @@ def collate(graphs: list[Graph]) -> Graph:
         unit_shifts = [u[:h] for u, h in zip(unit_shifts, halves)] + [
             u[h:] for u, h in zip(unit_shifts, halves)
         ]
-    return Graph(
-        positions=torch.cat([g.positions for g in graphs]),
-        atomic_numbers=torch.cat([g.atomic_numbers for g in graphs]),
-        cell=torch.cat([g.cell for g in graphs]),
-        pbc=torch.cat([g.pbc for g in graphs]),
-        edge_index=torch.cat(edge_index, dim=1),
-        unit_shifts=torch.cat(unit_shifts),
-        batch=torch.cat([g.batch + int(o) for g, o in zip(graphs, graph_offsets)]),
-        num_graphs=sum(g.num_graphs for g in graphs),
-    )
+    joined = {
+        "edge_index": torch.cat(edge_index, dim=1),
+        "unit_shifts": torch.cat(unit_shifts),
+        "batch": torch.cat([g.batch + int(o) for g, o in zip(graphs, graph_offsets)]),
+        "num_graphs": sum(g.num_graphs for g in graphs),
+    }
+    for f in fields(Graph):  # every other field is per atom or per graph: concatenated
+        if f.name not in joined:
+            joined[f.name] = torch.cat([getattr(g, f.name) for g in graphs])
+    return Graph(**joined)
 
 
 def batch_atoms(atoms_list: list[ase.Atoms], cutoff: float) -> Graph:

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from openmace.data.configurations import Configuration
-from openmace.data.graph import neighbour_list
+from openmace.data.dataset import GraphDataset
 
 
 @dataclass
@@ -17,14 +16,13 @@ class Statistics:
     scale: float  # RMS of force components, eV/Å (1 when no forces)
 
 
-def compute_statistics(
-    configs: list[Configuration], e0s: dict[int, float], r_max: float
-) -> Statistics:
+def compute_statistics(dataset: GraphDataset, e0s: dict[int, float]) -> Statistics:
+    """Statistics of a training set; neighbours are counted on the dataset's graphs (built
+    within its ``r_max``), so no neighbour list is built here."""
     edges = atoms = 0
     per_atom, forces = [], []
-    for config in configs:
-        i, _, _ = neighbour_list(config.positions, config.cell, config.pbc, r_max)
-        edges += len(i)
+    for config, graph in zip(dataset.configs, dataset.graphs):
+        edges += graph.edge_index.shape[1]
         atoms += len(config)
         if config.energy is not None:
             e0 = sum(e0s[int(z)] for z in config.atomic_numbers)

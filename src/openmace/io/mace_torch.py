@@ -186,12 +186,7 @@ def model_from_mace_torch(
 ) -> MACE:
     """Build an openmace :class:`MACE` equal to a mace-torch model (config + state dict)."""
     config = config_from_mace_torch(cfg, state)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        model = MACE(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = MACE(config, dtype=torch.float64)
     c = config.features.channels
     ratio = e3nn_silu_constant() / silu_normalisation()
     num_el = len(config.atomic_numbers)
@@ -202,14 +197,15 @@ def model_from_mace_torch(
             _set(model.radial.bessel.frequencies, freq.to(torch.float64))
         if model.pair_repulsion is not None:
             zbl = model.pair_repulsion
-            zbl.a_exp = float(state.get("pair_repulsion_fn.a_exp", torch.tensor(zbl.a_exp)))
-            zbl.a_prefactor = float(
-                state.get("pair_repulsion_fn.a_prefactor", torch.tensor(zbl.a_prefactor))
-            )
+            for name in ("a_exp", "a_prefactor"):
+                value = state.get(f"pair_repulsion_fn.{name}")
+                if value is not None:  # mace-torch's buffer, in its dtype (float32: 0.30000001)
+                    _set(getattr(zbl, name), value.reshape(()).to(torch.float64))
         for t, (inter, prod, readout) in enumerate(
             zip(model.interactions, model.products, model.readouts)
         ):
             p = f"interactions.{t}"
+            tp, radial_mlp = inter.messages.tensor_product, inter.messages.radial_mlp
             for w, value in zip(
                 inter.linear_up.weights,
                 _linear_weights(state[f"{p}.linear_up.weight"], [(c, c)] * len(inter.irreps_in)),
@@ -218,18 +214,16 @@ def model_from_mace_torch(
             # radial MLP: fold e3nn's activation constant and the e3nn 0.4.4 CG signs
             mlp_weights = [
                 state[f"{p}.conv_tp_weights.layer{i}.weight"]
-                for i in range(len(inter.radial_mlp.weights))
+                for i in range(len(radial_mlp.weights))
             ]
             signs = torch.tensor(
                 [
-                    e3nn_044_sign(
-                        inter.irreps_in[i1].l, inter.tensor_product.irreps_sh[i2].l, ir3.l
-                    )
-                    for i1, i2, ir3 in inter.tensor_product.paths
+                    e3nn_044_sign(inter.irreps_in[i1].l, tp.irreps_sh[i2].l, ir3.l)
+                    for i1, i2, ir3 in tp.paths
                 ],
                 dtype=torch.float64,
             )
-            for i, (w, value) in enumerate(zip(inter.radial_mlp.weights, mlp_weights)):
+            for i, (w, value) in enumerate(zip(radial_mlp.weights, mlp_weights)):
                 value = value.to(torch.float64) * (ratio if i > 0 else 1.0)
                 if i == len(mlp_weights) - 1:
                     value = (value.reshape(value.shape[0], -1, c) * signs[None, :, None]).reshape(
@@ -238,10 +232,10 @@ def model_from_mace_torch(
                 _set(w, value)
             # e3nn orders the instructions by input slot: one (c, c) matrix per path, paths
             # sorted by output irrep, so each output irrep takes a contiguous run of paths
-            path_shapes = [(c, c)] * inter.tensor_product.num_paths
+            path_shapes = [(c, c)] * tp.num_paths
             per_path = _linear_weights(state[f"{p}.linear.weight"], path_shapes)
             start = 0
-            for w, (n, _) in zip(inter.linear.weights, inter.tensor_product.irreps_mid):
+            for w, (n, _) in zip(inter.linear.weights, tp.irreps_mid):
                 _set(w, torch.cat(per_path[start : start + n], dim=0))
                 start += n
             # element-dependent self-connection: e3nn weight [mul_in, elements, mul_out]

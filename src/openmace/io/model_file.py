@@ -24,10 +24,15 @@ from openmace.model import MACE, MACEConfig
 from openmace.o3.coupling import tree_frame
 
 FORMAT_NAME = "openmace-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # version 1 stored symmetric-contraction weights in the orthonormal coupling basis; version 2
-# stores one weight per coupling tree (the paper's eq. 10). Version 1 files still load.
+# stores one weight per coupling tree (the paper's eq. 10); version 3 names the radial MLP
+# ``interactions.N.messages.radial_mlp`` (it belongs to the edge messages, the operator the
+# inference conversion swaps) and stores ZBL's ``a_exp``/``a_prefactor`` (version 2 files lost
+# them: they load with ZBL's defaults, as before). Files of every version load.
 _CONTRACTION_WEIGHT = re.compile(r"products\.(\d+)\.contraction\.weights\.(\d+_\d+)")
+_RADIAL_MLP_V2 = re.compile(r"interactions\.(\d+)\.radial_mlp\.")
+_ZBL_BUFFERS_V3 = ("pair_repulsion.a_exp", "pair_repulsion.a_prefactor")
 UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å", "stress": "eV/Å³"}
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 
@@ -37,7 +42,7 @@ class ModelFileError(ValueError):
 
 
 def _version() -> str:
-    from openmace import __version__
+    from openmace.version import __version__
 
     return __version__
 
@@ -123,13 +128,9 @@ def load_model(
     path = Path(path)
     header = read_header(path)
     _check_config_fits_file(path, header["config"])
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        model = MACE(header["config"])
-    finally:
-        torch.set_default_dtype(previous)
-    expected = model.state_dict()
+    model = MACE(header["config"], dtype=dtype)
+    version = header["format_version"]
+    expected = _stored_names(model.state_dict(), version)
     tensors: dict[str, torch.Tensor] = {}
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -143,9 +144,7 @@ def load_model(
             for name in expected:
                 sl = fh.get_slice(name)
                 shape = tuple(sl.get_shape())
-                want = _stored_shape(
-                    model, name, tuple(expected[name].shape), header["format_version"]
-                )
+                want = _stored_shape(model, name, tuple(expected[name].shape), version)
                 if shape != want:
                     raise ModelFileError(
                         f"{path}: tensor {name} has shape {shape}, expected {want}"
@@ -155,11 +154,39 @@ def load_model(
                 tensors[name] = fh.get_tensor(name)
     except SafetensorError as err:
         raise ModelFileError(f"{path}: corrupt or truncated model file ({err})") from err
-    if header["format_version"] < 2:
+    if version < 2:
         tensors = _contraction_weights_from_v1(model, tensors)
+    if version < 3:
+        tensors = _tensors_from_v2(model, tensors)
     model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()})
     model.provenance = header["provenance"]
     return model.to(device)
+
+
+def _v2_name(name: str) -> str:
+    return re.sub(
+        r"interactions\.(\d+)\.messages\.radial_mlp\.", r"interactions.\1.radial_mlp.", name
+    )
+
+
+def _stored_names(state: dict[str, torch.Tensor], version: int) -> dict[str, torch.Tensor]:
+    """The model's state dict under the names (and with the entries) of a file ``version``."""
+    if version >= 3:
+        return state
+    return {_v2_name(k): v for k, v in state.items() if k not in _ZBL_BUFFERS_V3}
+
+
+def _tensors_from_v2(model: MACE, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Version 2 names → version 3; ZBL's constants (absent in version 2) at their defaults."""
+    out = {
+        _RADIAL_MLP_V2.sub(r"interactions.\1.messages.radial_mlp.", k): v
+        for k, v in tensors.items()
+    }
+    state = model.state_dict()
+    for name in _ZBL_BUFFERS_V3:
+        if name in state:
+            out[name] = state[name]
+    return out
 
 
 def _minimum_parameters(config: MACEConfig) -> int:

@@ -14,13 +14,13 @@ builds the neighbour list with the cutoff stored in the file (all pairs closer t
 both directions, no self-pairs); the metadata is in the extra file ``metadata.json``
 (``torch.jit.load(path, _extra_files={"metadata.json": ""})``).
 
-The symmetric contraction runs with its weights contracted once at export (``freeze``), so the
-exported graph is the inference path of the eager model and gives the same numbers.
+The exported module is the ``"reference"`` inference copy of :func:`openmace.accel.for_inference`
+(plain PyTorch operations, the symmetric contraction's weights contracted once), so it gives
+the eager model's numbers.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import warnings
 from pathlib import Path
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from openmace.accel import for_inference
 from openmace.model import MACE
 
 EXTRA_FILE = "metadata.json"
@@ -54,7 +55,7 @@ class _SingleStructure(nn.Module):
         dtype = self.model.atomic_energies.dtype
         device = self.model.atomic_energies.device
         batch = torch.zeros(positions.shape[0], dtype=torch.long, device=device)
-        out = self.model.compute(
+        out = self.model.compute_positional(
             positions.to(device=device, dtype=dtype),
             atomic_numbers.to(device=device, dtype=torch.long),
             cell.to(device=device, dtype=dtype).reshape(1, 3, 3),
@@ -71,7 +72,7 @@ class _SingleStructure(nn.Module):
 
 
 def export_metadata(model: MACE) -> dict[str, Any]:
-    from openmace import __version__
+    from openmace.version import __version__
 
     cfg = model.config
     return {
@@ -95,11 +96,7 @@ def export_metadata(model: MACE) -> dict[str, Any]:
 
 def script_model(model: MACE) -> torch.jit.ScriptModule:
     """A TorchScript module computing energy and forces of one structure (model unchanged)."""
-    frozen = copy.deepcopy(model).eval()
-    for parameter in frozen.parameters():
-        parameter.requires_grad_(False)
-    for product in frozen.products:
-        product.contraction.freeze()
+    frozen = for_inference(model, "reference")
     with warnings.catch_warnings():
         # PyTorch 2.13 marks torch.jit.script deprecated in favour of torch.export; TorchScript
         # is what C++ MD engines load today, and forces need autograd.grad inside the graph

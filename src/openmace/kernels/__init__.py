@@ -7,15 +7,16 @@ cached in PyTorch's extension folder (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``) under a name that hashes the sources, the compiler flags, the
 CPU's instruction set and the PyTorch version, so a cache shared between different machines (or
 kept across a PyTorch upgrade) never runs code built for another CPU or another PyTorch.
-Without a working compiler (or ninja), or with ``OPENMACE_KERNELS=0``, openmace runs the same
-computation in PyTorch operations: same results to rounding, slower. Nothing is downloaded.
+Without a working compiler (or ninja) openmace runs the same computation in PyTorch operations:
+same results to rounding, slower. Nothing is downloaded. Which implementation a model uses is
+decided in one place, :func:`openmace.accel.for_inference` (where ``OPENMACE_KERNELS=0`` is
+read).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import platform
 import threading
 import time
@@ -93,10 +94,7 @@ def _build() -> ModuleType:
 
 
 def cpu_kernels() -> ModuleType | None:
-    """The compiled kernels, or None when they are switched off or cannot be built (the
-    reason is logged once)."""
-    if os.environ.get("OPENMACE_KERNELS", "1") == "0":
-        return None
+    """The compiled kernels, or None when they cannot be built (the reason is logged once)."""
     if "cpu" not in _state:
         with _lock:
             if "cpu" not in _state:
@@ -109,11 +107,3 @@ def cpu_kernels() -> ModuleType | None:
                     )
                     _state["cpu"] = None
     return _state["cpu"]
-
-
-def cpu_kernels_for(tensor: torch.Tensor) -> ModuleType | None:
-    """:func:`cpu_kernels` when they apply to ``tensor``'s device and dtype (CPU, float32 or
-    float64), else None."""
-    if tensor.device.type != "cpu" or tensor.dtype not in (torch.float32, torch.float64):
-        return None
-    return cpu_kernels()

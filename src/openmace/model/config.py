@@ -1,70 +1,181 @@
-"""Hyperparameters of a MACE model: one validated object from the CLI, files and converters."""
+"""Hyperparameters of a MACE model: one validated object from the CLI, files and converters.
+
+Every hyperparameter is declared once, as a field of :class:`MACEConfig`: its default, its help
+text (with units), the other names it is known by (mace-torch's spellings) and its validator.
+The training options of the model, the flags of ``openmace train``, their YAML keys and
+``--help`` are derived from these declarations (:mod:`openmace.train.config`). Fields computed
+from the training data (elements, E0s, statistics) are declared with :func:`computed` and are not
+user options. ``docs/configuration.md`` describes how to add an option.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from typing import Any
 
 from openmace.o3 import FeatureIrreps
+
+Check = Callable[[Any], "str | None"]
+"""A validator: the value of one field → what is wrong with it, or None."""
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    aliases: tuple[str, ...] = (),
+    check: Check | None = None,
+    option_type: str | None = None,
+) -> Any:
+    """Declare a user option (a field of :class:`MACEConfig`, a flag and YAML key of training).
+
+    ``default`` may be a callable that makes the value (lists); ``help`` gives the units;
+    ``aliases`` are other accepted names (mace-torch's); ``check`` is the one validator;
+    ``option_type`` is the type read from flags and YAML when narrower than the field's type.
+    """
+    metadata: dict[str, Any] = {"option": True, "help": help, "aliases": aliases, "check": check}
+    if option_type is not None:
+        metadata["option_type"] = option_type
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def computed(help: str, *, check: Check | None = None, default: Any = MISSING) -> Any:
+    """Declare a field computed from the training data: not a user option."""
+    metadata = {"option": False, "help": help, "aliases": (), "check": check}
+    return field(default=default, metadata=metadata)
+
+
+def need(predicate: Callable[[Any], bool], problem: str) -> Check:
+    """A validator that reports ``problem`` unless ``predicate(value)`` holds (or if it fails)."""
+
+    def check(value: Any) -> str | None:
+        try:
+            ok = bool(predicate(value))
+        except (TypeError, ValueError):
+            ok = False
+        return None if ok else problem
+
+    return check
+
+
+def _as_list(value: Any) -> list:
+    return [value] if isinstance(value, int) else list(value)
+
+
+def _check_atomic_numbers(numbers: Any) -> str | None:
+    problems = []
+    if len(numbers) == 0:
+        problems.append("atomic_numbers is empty")
+    if len(set(numbers)) != len(numbers):
+        problems.append("atomic_numbers has duplicates")
+    if any(not 1 <= z <= 118 for z in numbers):
+        problems.append("atomic_numbers must be between 1 and 118")
+    return "; ".join(problems) or None
+
+
+def _check_hidden_irreps(text: Any) -> str | None:
+    try:
+        irreps = FeatureIrreps.parse(text)
+    except ValueError as err:
+        return str(err)
+    except (TypeError, AttributeError):
+        return f"hidden_irreps must be text such as 64x0e+64x1o, not {text!r}"
+    problems = []
+    if irreps.lmax > 3:
+        problems.append("hidden irreps support L = 0..3")
+    if irreps.irreps[0].l != 0 or irreps.irreps[0].p != 1:
+        problems.append("hidden irreps must start with the even scalars (e.g. 64x0e)")
+    return "; ".join(problems) or None
 
 
 @dataclass
 class MACEConfig:
     """Every hyperparameter of :class:`openmace.model.MACE`.
 
-    Units: lengths in Å, energies in eV.
+    Units: lengths in Å, energies in eV. Each field's metadata holds its ``help``, ``aliases``,
+    ``check`` (validator) and ``option`` (whether users set it, or it comes from the data).
     """
 
-    atomic_numbers: list[int]
-    atomic_energies: list[float]  # E0 per element (eV), same order as atomic_numbers
-    r_max: float = 5.0
-    num_bessel: int = 8
-    num_polynomial_cutoff: int = 5
-    max_ell: int = 3
-    hidden_irreps: str = "128x0e+128x1o"
-    correlation: int | list[int] = 3
-    num_interactions: int = 2
-    radial_mlp: list[int] = field(default_factory=lambda: [64, 64, 64])
-    readout_mlp: list[int] = field(default_factory=lambda: [16])
-    avg_num_neighbors: float = 1.0
-    scale: float = 1.0
-    shift: float = 0.0
-    residual_first: bool = True
-    pair_repulsion: bool = False
+    atomic_numbers: list[int] = computed(
+        "elements of the model (atomic numbers)", check=_check_atomic_numbers
+    )
+    atomic_energies: list[float] = computed("E0 per element (eV), same order as atomic_numbers")
+    r_max: float = option(
+        5.0, "cutoff radius (Å)", check=need(lambda v: v > 0, "r_max must be positive")
+    )
+    num_bessel: int = option(
+        8,
+        "radial Bessel functions",
+        aliases=("num_radial_basis",),
+        check=need(lambda v: v >= 1, "num_bessel must be >= 1"),
+    )
+    num_polynomial_cutoff: int = option(
+        5,
+        "order p of the polynomial cutoff envelope",
+        aliases=("num_cutoff_basis",),
+        check=need(lambda v: v >= 1, "num_polynomial_cutoff must be >= 1"),
+    )
+    max_ell: int = option(
+        3,
+        "highest l of the spherical harmonics (0..6)",
+        check=need(lambda v: 0 <= v <= 6, "max_ell must be between 0 and 6"),
+    )
+    hidden_irreps: str = option(
+        "128x0e+128x1o",
+        "hidden features: the same number of channels for every irrep, L = 0..3, the even "
+        "scalars first (training: --channels and --max-L set it too)",
+        check=_check_hidden_irreps,
+    )
+    correlation: int | list[int] = option(
+        3,
+        "body order - 1 of the messages (1..4; from Python also a list, one per interaction)",
+        check=need(
+            lambda v: all(1 <= c <= 4 for c in _as_list(v)), "correlation must be between 1 and 4"
+        ),
+        option_type="int",
+    )
+    num_interactions: int = option(
+        2,
+        "message-passing layers",
+        check=need(lambda v: v >= 1, "num_interactions must be >= 1"),
+    )
+    radial_mlp: list[int] = option(
+        lambda: [64, 64, 64],
+        "hidden sizes of the radial MLP",
+        aliases=("radial_MLP",),
+        check=need(lambda v: all(n >= 1 for n in v), "radial_mlp sizes must be >= 1"),
+    )
+    readout_mlp: list[int] = option(
+        lambda: [16],
+        "hidden sizes of the last readout MLP (mace-torch's spelling 16x0e reads as 16)",
+        aliases=("MLP_irreps",),
+        check=need(lambda v: all(n >= 1 for n in v), "readout_mlp sizes must be >= 1"),
+    )
+    avg_num_neighbors: float = computed(
+        "mean number of neighbours within r_max in the training set",
+        check=need(lambda v: v > 0, "avg_num_neighbors must be positive"),
+        default=1.0,
+    )
+    scale: float = computed(
+        "scale of the learned atomic energies: RMS of the training forces (eV/Å)", default=1.0
+    )
+    shift: float = computed(
+        "shift of the atomic energies: mean interaction energy per atom (eV)", default=0.0
+    )
+    residual_first: bool = option(
+        True,
+        "residual (element-dependent self-connection) first layer, as mace-torch's default "
+        "ScaleShiftMACE; its --model MACE uses a non-residual one",
+    )
+    pair_repulsion: bool = option(False, "add ZBL pair repulsion")
 
     def __post_init__(self) -> None:
         self.atomic_numbers = [int(z) for z in self.atomic_numbers]
         self.atomic_energies = [float(e) for e in self.atomic_energies]
-        problems = []
-        if len(self.atomic_numbers) == 0:
-            problems.append("atomic_numbers is empty")
-        if len(set(self.atomic_numbers)) != len(self.atomic_numbers):
-            problems.append("atomic_numbers has duplicates")
-        if any(not 1 <= z <= 118 for z in self.atomic_numbers):
-            problems.append("atomic_numbers must be between 1 and 118")
-        if len(self.atomic_energies) != len(self.atomic_numbers):
-            problems.append("atomic_energies needs one value per element")
-        if self.r_max <= 0:
-            problems.append("r_max must be positive")
-        if self.num_bessel < 1 or self.num_polynomial_cutoff < 1:
-            problems.append("num_bessel and num_polynomial_cutoff must be >= 1")
-        if not 0 <= self.max_ell <= 6:
-            problems.append("max_ell must be between 0 and 6")
-        if self.num_interactions < 1:
-            problems.append("num_interactions must be >= 1")
-        if any(not 1 <= c <= 4 for c in self.correlations):
-            problems.append("correlation must be between 1 and 4")
-        if len(self.correlations) != self.num_interactions:
-            problems.append("correlation list needs one value per interaction")
-        if self.avg_num_neighbors <= 0:
-            problems.append("avg_num_neighbors must be positive")
-        try:
-            irreps = self.features
-            if irreps.lmax > 3:
-                problems.append("hidden irreps support L = 0..3")
-            if irreps.irreps[0].l != 0 or irreps.irreps[0].p != 1:
-                problems.append("hidden irreps must start with the even scalars (e.g. 64x0e)")
-        except ValueError as err:
-            problems.append(str(err))
+        problems = config_problems({f.name: getattr(self, f.name) for f in fields(self)})
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 
@@ -88,3 +199,31 @@ class MACEConfig:
         if unknown:
             raise ValueError(f"invalid model config: unknown field(s) {sorted(unknown)}")
         return cls(**data)
+
+
+def user_options() -> tuple[Field, ...]:
+    """The fields of :class:`MACEConfig` that users set (not computed from the data)."""
+    return tuple(f for f in fields(MACEConfig) if f.metadata["option"])
+
+
+def config_problems(values: Mapping[str, Any]) -> list[str]:
+    """What is wrong with ``values`` (field name → value, any subset of MACEConfig's fields):
+    each field's own validator, then the rules that relate fields given together."""
+    problems = []
+    for f in fields(MACEConfig):
+        check = f.metadata["check"]
+        if check is not None and f.name in values:
+            problem = check(values[f.name])
+            if problem:
+                problems.append(problem)
+    if {"atomic_numbers", "atomic_energies"} <= set(values):
+        if len(values["atomic_energies"]) != len(values["atomic_numbers"]):
+            problems.append("atomic_energies needs one value per element")
+    if {"correlation", "num_interactions"} <= set(values):
+        correlation = values["correlation"]
+        if (
+            isinstance(correlation, (list, tuple))
+            and len(correlation) != values["num_interactions"]
+        ):
+            problems.append("correlation list needs one value per interaction")
+    return problems

@@ -7,8 +7,9 @@
         E_i += Readout_t(h)                  (eq. 13)
     E = Σ_i [E0(z_i) + scale · (E_i + E_ZBL,i) + shift]
 
-Forces are ``-∂E/∂r`` and the stress is ``(1/V) ∂E/∂ε`` for a symmetric strain ``ε`` of positions
-and cell (ASE's sign convention), both by automatic differentiation.
+Forces, stress and virials come from the energy in one place, :mod:`openmace.model.derivatives`.
+Fast implementations of the message and contraction operators are swapped in by
+:func:`openmace.accel.for_inference`; this module holds the reference maths only.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from torch import nn
 
 from openmace.data.graph import Graph, paired_edges
 from openmace.model.config import MACEConfig
+from openmace.model.derivatives import apply_strain, energy_derivatives
 from openmace.model.interaction import InteractionBlock
-from openmace.model.memory import check_memory
 from openmace.model.product import ProductBlock
 from openmace.model.radial import RadialEmbedding, ZBLRepulsion
 from openmace.model.readout import Readout
@@ -37,8 +38,29 @@ def _a_feature_irreps(config: MACEConfig, first: bool) -> tuple[Irrep, ...]:
 
 
 class MACE(nn.Module):
-    def __init__(self, config: MACEConfig) -> None:
+    """The MACE model: energies of atomic structures and their derivatives.
+
+    Args:
+        config: every hyperparameter (:class:`MACEConfig`: elements and E0s, cutoff, radial
+            basis, irreps, correlation order, layers, MLP sizes, normalisation).
+        dtype: dtype of parameters and buffers (default: PyTorch's default dtype). Random
+            initial weights are drawn in this dtype.
+        device: where the model lives (default CPU). Initial weights are drawn on the CPU, so
+            a seed gives the same model on every device.
+
+    Call it on a :class:`openmace.data.graph.Graph` (:meth:`forward`) or on plain tensors
+    (:meth:`compute`). For inference (calculators, MD, evaluation) use the frozen copy of
+    :func:`openmace.accel.for_inference`, which runs the fast operators.
+    """
+
+    def __init__(
+        self,
+        config: MACEConfig,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__()
+        dtype = dtype or torch.get_default_dtype()
         self.config = config
         features = config.features
         c = features.channels
@@ -46,15 +68,16 @@ class MACE(nn.Module):
         z_to_index = torch.full((119,), -1, dtype=torch.long)
         z_to_index[torch.tensor(config.atomic_numbers)] = torch.arange(num_elements)
         self.register_buffer("z_to_index", z_to_index, persistent=False)
-        self.register_buffer(
-            "atomic_energies",
-            torch.tensor(config.atomic_energies, dtype=torch.get_default_dtype()),
-        )
+        self.register_buffer("atomic_energies", torch.tensor(config.atomic_energies, dtype=dtype))
         self.num_elements = num_elements
-        self.embedding = nn.Parameter(torch.randn(num_elements, c))
-        self.radial = RadialEmbedding(config.r_max, config.num_bessel, config.num_polynomial_cutoff)
+        self.embedding = nn.Parameter(torch.randn(num_elements, c, dtype=dtype))
+        self.radial = RadialEmbedding(
+            config.r_max, config.num_bessel, config.num_polynomial_cutoff, dtype
+        )
         self.pair_repulsion = (
-            ZBLRepulsion(config.num_polynomial_cutoff) if config.pair_repulsion else None
+            ZBLRepulsion(config.num_polynomial_cutoff, dtype=dtype)
+            if config.pair_repulsion
+            else None
         )
         self.irreps_sh = tuple(spherical_harmonics_irreps(config.max_ell))
         self.spherical_harmonics = SphericalHarmonics(config.max_ell)
@@ -81,12 +104,18 @@ class MACE(nn.Module):
                     num_elements=num_elements,
                     avg_num_neighbors=config.avg_num_neighbors,
                     residual=residual,
+                    dtype=dtype,
                 )
             )
-            self.products.append(ProductBlock(irreps_a, irreps_out, c, correlation, num_elements))
+            self.products.append(
+                ProductBlock(irreps_a, irreps_out, c, correlation, num_elements, dtype)
+            )
             mlp_readout = last and config.num_interactions > 1
-            self.readouts.append(Readout(irreps_out, c, config.readout_mlp if mlp_readout else []))
+            hidden = config.readout_mlp if mlp_readout else []
+            self.readouts.append(Readout(irreps_out, c, hidden, dtype))
             irreps_in = irreps_out
+        if device is not None:
+            self.to(device)
 
     def species(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         """Element index of each atom; clear error for elements the model does not know."""
@@ -105,24 +134,31 @@ class MACE(nn.Module):
             f"atomic number(s) {unknown} not in this model's elements {self.config.atomic_numbers}"
         )
 
+    def working_memory(self, num_atoms: int, num_edges: int) -> int:
+        """Bytes one evaluation (energy and forces) of ``num_atoms`` atoms and ``num_edges``
+        edges needs beyond the model itself, as reported by each block (an estimate with a
+        safety margin; see :mod:`openmace.memory`)."""
+        itemsize = self.atomic_energies.element_size()
+        total = num_edges * GRAPH_NUMBERS_PER_EDGE * itemsize
+        for interaction, product in zip(self.interactions, self.products):
+            total += interaction.working_memory(num_atoms, num_edges, itemsize)
+            total += product.working_memory(num_atoms, itemsize)
+        return int(total)
+
     @torch.jit.unused
     def forward(
         self,
         graph: Graph,
+        *,
         compute_forces: bool = True,
         compute_stress: bool = False,
-        training: bool = False,
+        create_graph: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Energies (eV), per-atom energies including E0 (eV), forces (eV/Å) and, on request,
         virials (eV, ``-∂E/∂ε``) and stress (eV/Å³, ``(1/V) ∂E/∂ε``; zero for structures that
-        are not periodic in all three directions) of every graph in the batch."""
+        are not periodic in all three directions) of every graph in the batch.
+        ``create_graph=True`` keeps forces and stress differentiable (training on forces)."""
         graph = graph.to(device=self.atomic_energies.device, dtype=self.atomic_energies.dtype)
-        check_memory(
-            self,
-            graph.positions.shape[0],
-            graph.edge_index.shape[1],
-            graph.positions.element_size(),
-        )
         return self.compute(
             graph.positions,
             graph.atomic_numbers,
@@ -132,12 +168,12 @@ class MACE(nn.Module):
             graph.unit_shifts,
             graph.batch,
             graph.num_graphs,
-            compute_forces,
-            compute_stress,
-            training,
+            compute_forces=compute_forces,
+            compute_stress=compute_stress,
+            create_graph=create_graph,
         )
 
-    @torch.jit.export
+    @torch.jit.unused
     def compute(
         self,
         positions: torch.Tensor,
@@ -148,27 +184,73 @@ class MACE(nn.Module):
         unit_shifts: torch.Tensor,
         batch: torch.Tensor,
         num_graphs: int,
+        *,
         compute_forces: bool = True,
         compute_stress: bool = False,
-        training: bool = False,
+        create_graph: bool = False,
     ) -> dict[str, torch.Tensor]:
         """:meth:`forward` on plain tensors (the fields of :class:`Graph`, already on the
-        model's device and dtype); the entry point of the TorchScript export."""
+        model's device and dtype)."""
+        return self.compute_positional(
+            positions,
+            atomic_numbers,
+            cell,
+            pbc,
+            edge_index,
+            unit_shifts,
+            batch,
+            num_graphs,
+            compute_forces,
+            compute_stress,
+            create_graph,
+        )
+
+    @torch.jit.export
+    def compute_positional(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        edge_index: torch.Tensor,
+        unit_shifts: torch.Tensor,
+        batch: torch.Tensor,
+        num_graphs: int,
+        compute_forces: bool,
+        compute_stress: bool,
+        create_graph: bool,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`compute` with positional arguments: the TorchScript entry point (TorchScript
+        has no keyword-only arguments)."""
+        strained = apply_strain(positions, cell, batch, num_graphs, compute_forces, compute_stress)
+        energy, node_energy = self.energy(
+            strained.positions,
+            atomic_numbers,
+            strained.cell,
+            edge_index,
+            unit_shifts,
+            batch,
+            num_graphs,
+        )
+        out = {"energy": energy, "node_energy": node_energy}
+        out.update(
+            energy_derivatives(energy, strained, pbc, compute_forces, compute_stress, create_graph)
+        )
+        return out
+
+    def energy(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        cell: torch.Tensor,
+        edge_index: torch.Tensor,
+        unit_shifts: torch.Tensor,
+        batch: torch.Tensor,
+        num_graphs: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies ``[G]`` and per-atom energies with E0 ``[n]`` (eV): eq. 8-13."""
         species = self.species(atomic_numbers)
         groups = element_groups(species, self.num_elements)
-        leaf, unstrained_cell = positions.detach(), cell
-        strain: torch.Tensor | None = None
-        if compute_forces or compute_stress:
-            leaf.requires_grad_(True)
-        positions = leaf
-        if compute_stress:
-            strain = torch.zeros(
-                (num_graphs, 3, 3), dtype=positions.dtype, device=positions.device
-            ).requires_grad_(True)
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[batch])
-            cell = cell + torch.bmm(cell, symmetric)
-
         sender, receiver = edge_index[0], edge_index[1]
         shifts = torch.einsum("ei,eij->ej", unit_shifts, cell[batch[sender]])
         vectors = positions[receiver] - positions[sender] + shifts
@@ -200,28 +282,9 @@ class MACE(nn.Module):
         learned = self.scale * site + self.shift
         energy = positions.new_zeros(num_graphs).index_add(0, batch, e0)
         energy = energy + positions.new_zeros(num_graphs).index_add(0, batch, learned)
-        node_energy = e0 + learned
-        out = {"energy": energy, "node_energy": node_energy}
-        if compute_forces or compute_stress:
-            inputs = [leaf]
-            if strain is not None:
-                inputs.append(strain)
-            grads = torch.autograd.grad(
-                [energy.sum()], inputs, create_graph=training, allow_unused=True
-            )
-            force_grad = grads[0]
-            out["forces"] = -force_grad if force_grad is not None else torch.zeros_like(leaf)
-            if strain is not None:
-                strain_grad = grads[1]
-                de_dstrain = strain_grad if strain_grad is not None else torch.zeros_like(strain)
-                periodic = pbc.all(dim=1)
-                volume = torch.linalg.det(unstrained_cell).abs()
-                volume = torch.where(periodic, volume, torch.ones_like(volume))
-                out["virials"] = -de_dstrain
-                # stress is defined for fully periodic structures only; zero elsewhere
-                out["stress"] = torch.where(
-                    periodic.view(-1, 1, 1),
-                    de_dstrain / volume.view(-1, 1, 1),
-                    torch.zeros_like(de_dstrain),
-                )
-        return out
+        return energy, e0 + learned
+
+
+# per edge, numbers every implementation holds: the graph, edge vectors, lengths, harmonics and
+# their autograd records (calibrated with the compiled kernels' estimate, openmace.accel)
+GRAPH_NUMBERS_PER_EDGE = 350 * 1.5

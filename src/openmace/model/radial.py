@@ -14,11 +14,11 @@ from torch import nn
 class BesselBasis(nn.Module):
     """``sqrt(2 / r_max) · sin(k_n r) / r`` with ``k_n = n π / r_max``, ``n = 1..num_basis``."""
 
-    def __init__(self, r_max: float, num_basis: int = 8) -> None:
+    def __init__(self, r_max: float, num_basis: int = 8, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.r_max = r_max
         frequencies = math.pi / r_max * torch.arange(1, num_basis + 1, dtype=torch.float64)
-        self.register_buffer("frequencies", frequencies.to(torch.get_default_dtype()))
+        self.register_buffer("frequencies", frequencies.to(dtype or torch.get_default_dtype()))
         self.prefactor = (2.0 / r_max) ** 0.5
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:  # [e, 1] -> [e, num_basis]
@@ -58,10 +58,11 @@ class NormalizedSiLU(nn.Module):
 class MLP(nn.Module):
     """Bias-free MLP ``x → x W / sqrt(fan_in) → SiLU → ...``; no activation after the last."""
 
-    def __init__(self, sizes: list[int]) -> None:
+    def __init__(self, sizes: list[int], dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.sizes = list(sizes)
         self.weights = nn.ParameterList(
-            [nn.Parameter(torch.randn(a, b)) for a, b in zip(sizes[:-1], sizes[1:])]
+            [nn.Parameter(torch.randn(a, b, dtype=dtype)) for a, b in zip(sizes[:-1], sizes[1:])]
         )
         self.act = NormalizedSiLU()
         self.num_layers = len(sizes) - 1
@@ -74,46 +75,16 @@ class MLP(nn.Module):
                 x = self.act(x)
         return x
 
-    @torch.jit.unused
-    def forward_keeping(
-        self, x: torch.Tensor, keep: list[torch.Tensor], out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """:meth:`forward` without autograd, writing each hidden layer's pre-activation into
-        ``keep`` (one preallocated tensor per hidden layer) for :meth:`input_gradient`, and the
-        result into ``out`` when given."""
-        for i, w in enumerate(self.weights[:-1]):
-            x = self.act(torch.mm(x, w.detach() * w.shape[0] ** -0.5, out=keep[i]))
-        return self.output_from_kept(x, out)
-
-    @torch.jit.unused
-    def output_from_kept(
-        self, activation: torch.Tensor, out: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The last layer, from the last hidden layer's activation (``act(kept[-1])``)."""
-        w = self.weights[-1].detach()
-        w = w * w.shape[0] ** -0.5
-        return torch.mm(activation, w) if out is None else torch.mm(activation, w, out=out)
-
-    @torch.jit.unused
-    def input_gradient(self, kept: list[torch.Tensor], grad_out: torch.Tensor) -> torch.Tensor:
-        """``∂(grad_out · MLP(x)) / ∂x`` from the pre-activations kept by
-        :meth:`forward_keeping`: the chain rule layer by layer, no autograd graph."""
-        grad = grad_out
-        for i in range(self.num_layers - 1, -1, -1):
-            w = self.weights[i].detach()
-            grad = grad @ (w * w.shape[0] ** -0.5).t()
-            if i > 0:  # through the normalised SiLU of the layer below
-                grad = torch.ops.aten.silu_backward(grad, kept[i - 1]) * self.act.scale
-        return grad
-
 
 class RadialEmbedding(nn.Module):
     """Bessel features times the polynomial cutoff: ``[e, 1] → [e, num_bessel]``."""
 
-    def __init__(self, r_max: float, num_bessel: int, p: int) -> None:
+    def __init__(
+        self, r_max: float, num_bessel: int, p: int, dtype: torch.dtype | None = None
+    ) -> None:
         super().__init__()
         self.r_max, self.p = r_max, p
-        self.bessel = BesselBasis(r_max, num_bessel)
+        self.bessel = BesselBasis(r_max, num_bessel, dtype)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         return self.bessel(r) * polynomial_cutoff(r / self.r_max, self.p)
@@ -122,18 +93,29 @@ class RadialEmbedding(nn.Module):
 class ZBLRepulsion(nn.Module):
     """Ziegler-Biersack-Littmark screened nuclear repulsion, switched off smoothly at the sum of
     covalent radii with the polynomial cutoff. Returns per-atom energies (eV), half of each
-    pair energy on the receiving atom (edges come in both directions)."""
+    pair energy on the receiving atom (edges come in both directions).
 
-    def __init__(self, p: int, a_exp: float = 0.300, a_prefactor: float = 0.4543) -> None:
+    The screening length is ``a = a_prefactor · 0.529 Å / (Z_i^a_exp + Z_j^a_exp)``. ``a_exp``
+    and ``a_prefactor`` are buffers of the state dict (as in mace-torch, which may store them
+    rounded to float32 or trained), so a converted or saved model keeps their exact values.
+    """
+
+    def __init__(
+        self,
+        p: int,
+        a_exp: float = 0.300,
+        a_prefactor: float = 0.4543,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
+        dtype = dtype or torch.get_default_dtype()
         self.p = p
         # universal screening function: Σ_k c_k exp(-d_k x)
         self.screening = [(0.1818, 3.2), (0.5099, 0.9423), (0.2802, 0.4028), (0.02817, 0.2016)]
-        self.a_exp, self.a_prefactor = a_exp, a_prefactor
+        self.register_buffer("a_exp", torch.tensor(a_exp, dtype=dtype))
+        self.register_buffer("a_prefactor", torch.tensor(a_prefactor, dtype=dtype))
         self.register_buffer(
-            "covalent_radii",
-            torch.tensor(covalent_radii, dtype=torch.get_default_dtype()),
-            persistent=False,
+            "covalent_radii", torch.tensor(covalent_radii, dtype=dtype), persistent=False
         )
 
     def forward(

@@ -10,7 +10,7 @@ from openmace.o3.linear import (
     EquivariantLinear,
     element_groups,
 )
-from openmace.o3.spherical_harmonics import SphericalHarmonics, spherical_harmonics
+from openmace.o3.spherical_harmonics import SphericalHarmonics
 from openmace.o3.tensor_product import ChannelwiseTensorProduct
 
 __all__ = [
@@ -28,6 +28,5 @@ __all__ = [
     "irreps_dim",
     "monomials",
     "SphericalHarmonics",
-    "spherical_harmonics",
     "spherical_harmonics_irreps",
 ]

@@ -46,6 +46,7 @@ class EquivariantLinear(nn.Module):
         irreps_in: list[tuple[int, Irrep]],
         irreps_out: list[Irrep] | tuple[Irrep, ...],
         channels_out: int,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.irreps_in = list(irreps_in)
@@ -61,7 +62,9 @@ class EquivariantLinear(nn.Module):
             if ir in in_index:
                 i = in_index[ir]
                 self.paths.append((i, j))
-                self.weights.append(nn.Parameter(torch.randn(self.irreps_in[i][0], channels_out)))
+                self.weights.append(
+                    nn.Parameter(torch.randn(self.irreps_in[i][0], channels_out, dtype=dtype))
+                )
 
     def forward(self, blocks: list[torch.Tensor]) -> torch.Tensor:
         """``blocks[i]``: ``[n, mul_i, 2l_i+1]``; returns ``[n, channels_out, dim_out]``."""
@@ -134,6 +137,7 @@ class ElementLinear(nn.Module):
         irreps_out: list[Irrep] | tuple[Irrep, ...],
         channels_out: int,
         num_elements: int,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.irreps_in = tuple(irreps_in)
@@ -149,7 +153,7 @@ class ElementLinear(nn.Module):
             if ir in in_index:
                 self.paths.append((in_index[ir], j))
                 self.weights.append(
-                    nn.Parameter(torch.randn(num_elements, channels_in, channels_out))
+                    nn.Parameter(torch.randn(num_elements, channels_in, channels_out, dtype=dtype))
                 )
 
     def forward(self, x: torch.Tensor, groups: ElementGroups) -> torch.Tensor:

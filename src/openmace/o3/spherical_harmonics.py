@@ -26,6 +26,4 @@ class SphericalHarmonics(nn.Module):
         return self.harmonics(vectors)
 
 
-def spherical_harmonics(lmax: int, vectors: torch.Tensor) -> torch.Tensor:
-    """Functional form of :class:`SphericalHarmonics` (for tests and one-off use)."""
-    return SphericalHarmonics(lmax)(vectors)
+

@@ -25,8 +25,10 @@ class ChannelwiseTensorProduct(nn.Module):
         irreps_in: list[Irrep] | tuple[Irrep, ...],
         irreps_sh: list[Irrep] | tuple[Irrep, ...],
         irreps_target: list[Irrep] | tuple[Irrep, ...],
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        dtype = dtype or torch.get_default_dtype()
         target = set(irreps_target)
         paths = []
         for i1, ir1 in enumerate(irreps_in):
@@ -58,7 +60,7 @@ class ChannelwiseTensorProduct(nn.Module):
             cg[s_in[i1], s_sh[i2], start : start + ir3.dim] = block
             path_of_slot += [p] * ir3.dim
             start += ir3.dim
-        self.register_buffer("cg", cg.to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer("cg", cg.to(dtype), persistent=False)
         self.register_buffer(
             "path_of_slot", torch.tensor(path_of_slot, dtype=torch.long), persistent=False
         )
@@ -78,7 +80,7 @@ class ChannelwiseTensorProduct(nn.Module):
         self.register_buffer("nz_sh", nonzero[:, 1].contiguous(), persistent=False)
         self.register_buffer("nz_in", nonzero[:, 2].contiguous(), persistent=False)
         nz_val = cg[nonzero[:, 2], nonzero[:, 1], nonzero[:, 0]]
-        self.register_buffer("nz_val", nz_val.to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer("nz_val", nz_val.to(dtype), persistent=False)
         # per output irrep: (first slot, end slot, first path, end path, 2l+1); the paths of
         # one output irrep are consecutive and so are their slots
         self.weight_blocks: list[tuple[int, int, int, int, int]] = []

@@ -2,14 +2,21 @@
 
 Every field is a flag ``--field-name`` (underscore spellings and mace-torch names are aliases);
 flags override the file. Unknown names and bad values are errors that say what is wrong.
+The model's options are not declared here: they are derived from the fields of
+:class:`openmace.model.MACEConfig` (see ``docs/configuration.md``).
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
-from dataclasses import asdict, dataclass, field, fields
+import re
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
+
+from openmace.model.config import config_problems, user_options
+from openmace.o3 import FeatureIrreps
 
 
 def _opt(default: Any, help: str, aliases: tuple[str, ...] = ()) -> Any:
@@ -17,8 +24,48 @@ def _opt(default: Any, help: str, aliases: tuple[str, ...] = ()) -> Any:
     return field(metadata={"help": help, "aliases": aliases}, **kwargs)
 
 
+def _derived_field(f: Field) -> tuple[str, Any, Any]:
+    """A training option made from the declaration of a MACEConfig field (same metadata)."""
+    if f.default is not MISSING:
+        default = field(default=f.default, metadata=f.metadata)
+    else:
+        default = field(default_factory=f.default_factory, metadata=f.metadata)
+    return f.name, f.metadata.get("option_type", f.type), default
+
+
+ModelOptions = make_dataclass(
+    "ModelOptions",
+    [_derived_field(f) for f in user_options()],
+    namespace={
+        "__module__": __name__,
+        "__doc__": "The user options of MACEConfig as fields (generated from its declarations).",
+    },
+)
+MODEL_OPTIONS: tuple[str, ...] = tuple(f.name for f in user_options())
+"""Names of the TrainConfig fields that are MACEConfig's user options."""
+HIDDEN_IRREPS_OPTIONS = ("channels", "max_L")
+"""TrainConfig-only conveniences that set ``hidden_irreps``."""
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(ModelOptions):
+    """Everything ``openmace train`` needs: the model's options, the data and the recipe.
+
+    - **Model options** (``r_max``, ``hidden_irreps``, ``correlation``, ...): inherited from
+      :data:`ModelOptions`, which is generated from the user options of
+      :class:`openmace.model.MACEConfig`; their defaults, help, aliases and validators are
+      MACEConfig's. :meth:`model_options` returns them as MACEConfig keyword arguments.
+    - **Conveniences** ``channels`` and ``max_L`` (mace-torch's ``num_channels``/``max_L``):
+      when given they set ``hidden_irreps`` (``Cx0e+Cx1o+...`` up to ``max_L``; the one not
+      given is taken from ``hidden_irreps``).
+    - **Training options** (data files, loss, optimiser, run): declared below, once.
+
+    Each field is a flag ``--name-with-dashes`` / ``--name_with_underscores`` of
+    ``openmace train`` (:mod:`openmace.cli.train`) and a key of its YAML file, as are the
+    field's aliases; :func:`build_config` merges file and flags and converts values by the
+    field's type. ``__post_init__`` reports every problem at once.
+    """
+
     # data
     train_file: str | None = _opt(None, "training structures (any ASE-readable file)")
     valid_file: str | None = _opt(
@@ -40,29 +87,17 @@ class TrainConfig:
     isolated_atom_types: list[str] = _opt(
         lambda: ["IsolatedAtom", "isolated_atom"], "config_type values that mark isolated atoms"
     )
-    # model
-    channels: int = _opt(128, "channels per irrep", aliases=("num_channels",))
-    max_L: int = _opt(1, "highest L of the hidden features (0..3)", aliases=("max-l",))
-    hidden_irreps: str | None = _opt(
-        None, "explicit hidden irreps, e.g. 64x0e+64x1o (overrides --channels/--max-L)"
+    # model conveniences (the model's own options come from MACEConfig)
+    channels: int | None = _opt(
+        None,
+        "channels per irrep: sets hidden_irreps to Cx0e+Cx1o+... (none: hidden_irreps' own)",
+        aliases=("num_channels",),
     )
-    max_ell: int = _opt(3, "highest l of the spherical harmonics")
-    correlation: int = _opt(3, "body order - 1 of the messages (1..4)")
-    num_interactions: int = _opt(2, "message-passing layers")
-    r_max: float = _opt(5.0, "cutoff radius (Å)")
-    num_bessel: int = _opt(8, "radial Bessel functions")
-    num_polynomial_cutoff: int = _opt(5, "order p of the polynomial cutoff envelope")
-    radial_mlp: list[int] = _opt(
-        lambda: [64, 64, 64], "hidden sizes of the radial MLP", aliases=("radial_MLP",)
+    max_L: int | None = _opt(
+        None,
+        "highest L of the hidden features (0..3): sets hidden_irreps (none: hidden_irreps' own)",
+        aliases=("max-l",),
     )
-    readout_mlp: int = _opt(16, "hidden size of the last readout MLP", aliases=("MLP_irreps",))
-    residual_first: bool = _opt(
-        True,
-        "residual (element-dependent self-connection) first "
-        "layer, as mace-torch's default ScaleShiftMACE; its "
-        "--model MACE uses a non-residual one",
-    )
-    pair_repulsion: bool = _opt(False, "add ZBL pair repulsion")
     # optimisation
     batch_size: int = _opt(5, "structures per training batch")
     valid_batch_size: int = _opt(10, "structures per evaluation batch")
@@ -107,11 +142,13 @@ class TrainConfig:
             0.0 < self.valid_fraction < 1.0 or self.valid_file is not None,
             "valid_fraction must be between 0 and 1",
         )
-        need(self.channels >= 1, "channels must be >= 1")
-        need(0 <= self.max_L <= 3, "max_L must be 0..3")
-        need(1 <= self.correlation <= 4, "correlation must be 1..4")
-        need(self.num_interactions >= 1, "num_interactions must be >= 1")
-        need(self.r_max > 0, "r_max must be positive")
+        channels_ok = self.channels is None or self.channels >= 1
+        max_l_ok = self.max_L is None or 0 <= self.max_L <= 3
+        need(channels_ok, "channels must be >= 1")
+        need(max_l_ok, "max_L must be 0..3")
+        if channels_ok and max_l_ok:
+            self._set_hidden_irreps()
+        problems.extend(config_problems(self.model_options()))  # MACEConfig's validators
         need(self.batch_size >= 1 and self.valid_batch_size >= 1, "batch sizes must be >= 1")
         need(self.lr > 0, "lr must be positive")
         need(self.epochs >= 1, "epochs must be >= 1")
@@ -126,11 +163,6 @@ class TrainConfig:
             "stage_two_start must be a fraction in [0, 1)",
         )
         need(self.eval_interval >= 1, "eval_interval must be >= 1")
-        need(all(n >= 1 for n in self.radial_mlp), "radial_mlp sizes must be >= 1")
-        need(self.readout_mlp >= 1, "readout_mlp must be >= 1")
-        need(self.num_bessel >= 1, "num_bessel must be >= 1")
-        need(self.num_polynomial_cutoff >= 1, "num_polynomial_cutoff must be >= 1")
-        need(0 <= self.max_ell <= 6, "max_ell must be 0..6")
         need(self.scheduler_patience >= 0, "scheduler_patience must be >= 0")
         need(0.0 < self.scheduler_factor < 1.0, "scheduler_factor must be in (0, 1)")
         need(self.huber_delta > 0, "huber_delta must be positive")
@@ -145,13 +177,28 @@ class TrainConfig:
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
+    def _set_hidden_irreps(self) -> None:
+        """``channels`` and ``max_L`` (where given) → ``hidden_irreps``, as mace-torch does."""
+        if self.channels is None and self.max_L is None:
+            return
+        try:
+            current = FeatureIrreps.parse(self.hidden_irreps)
+        except (ValueError, TypeError, AttributeError):
+            return  # hidden_irreps' validator reports it
+        channels = current.channels if self.channels is None else self.channels
+        max_l = current.lmax if self.max_L is None else self.max_L
+        self.hidden_irreps = "+".join(
+            f"{channels}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(max_l + 1)
+        )
+
     @property
     def hidden(self) -> str:
-        if self.hidden_irreps:
-            return self.hidden_irreps
-        return "+".join(
-            f"{self.channels}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(self.max_L + 1)
-        )
+        """The hidden irreps of the model (``hidden_irreps``, after channels and max_L)."""
+        return self.hidden_irreps
+
+    def model_options(self) -> dict[str, Any]:
+        """Every MACEConfig user option as set here (copies), as keyword arguments."""
+        return {name: copy.deepcopy(getattr(self, name)) for name in MODEL_OPTIONS}
 
     @property
     def run_dir(self) -> Path:
@@ -181,9 +228,13 @@ def _convert(name: str, value: Any) -> Any:
         raise ValueError(f"{name} cannot be empty")
     try:
         if kind.startswith("list[int]"):
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, (int, float)):
+                value = [value]
             if isinstance(value, str):
                 value = value.strip("[]() ").split(",")
-            return [int(v) for v in value]
+            return [_size(v) for v in value]
         if kind.startswith("list[str]"):
             return [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
         if kind.startswith("bool"):
@@ -202,11 +253,19 @@ def _convert(name: str, value: Any) -> Any:
             import json
 
             return json.dumps({str(k): v for k, v in value.items()})
-        if name == "readout_mlp" and isinstance(value, str) and "x" in value:
-            return int(value.split("x")[0])
         return str(value)
     except (TypeError, ValueError) as err:
         raise ValueError(f"invalid value for {name}: {value!r} (expected {kind})") from err
+
+
+def _size(value: Any) -> int:
+    """A layer size: 16, "16", or mace-torch's irreps spelling of scalars "16x0e"."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)x0e\s*", value)
+        return int(match.group(1)) if match else int(value)
+    return int(value)
 
 
 def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConfig:
@@ -221,8 +280,6 @@ def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> Tr
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(f"{source}: unknown option {key!r}{hint}")
             merged[name] = _convert(name, value)
-    if "readout_mlp" in merged and isinstance(merged["readout_mlp"], str):
-        merged["readout_mlp"] = int(merged["readout_mlp"])
     return TrainConfig(**merged)
 
 

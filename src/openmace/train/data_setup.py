@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from ase.data import chemical_symbols
 
-from openmace.data.configurations import Configuration, Keys, read_configurations
+from openmace.data.configurations import Configuration, Keys, read_configurations, read_file
 from openmace.data.e0 import is_isolated_atom, resolve_e0s
 from openmace.data.errors import DataError
 from openmace.train.config import TrainConfig
@@ -54,13 +54,14 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
     keys = Keys(
         energy=cfg.energy_key, forces=cfg.forces_key, stress=cfg.stress_key, virials=cfg.virials_key
     )
-    everything = read_configurations(cfg.train_file, keys)
+    train_file = read_file(cfg.train_file, keys)
+    everything = train_file.configs
     types = tuple(cfg.isolated_atom_types)
     isolated = [c for c in everything if is_isolated_atom(c, types)]
     train = [c for c in everything if not is_isolated_atom(c, types)]
     if not train:
         raise DataError(cfg.train_file, None, "no structures to train on (only isolated atoms)")
-    available = ", ".join(everything[0].extra.get("available_keys", [])) or "none"
+    available = ", ".join(train_file.available_keys) or "none"
     for label, weight, key in (
         ("energy", cfg.energy_weight, cfg.energy_key),
         ("forces", cfg.forces_weight, cfg.forces_key),

@@ -13,48 +13,32 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from openmace.accel import for_inference
 from openmace.data.dataset import GraphDataset
 from openmace.data.statistics import compute_statistics
-from openmace.inference import split_by_structure
-from openmace.io.model_file import save_model
-from openmace.model import MACE, MACEConfig
-from openmace.train.checkpoint import load_checkpoint, remove_partial_writes, save_checkpoint
-from openmace.train.config import TrainConfig
-from openmace.train.data_setup import TrainingData, load_training_data
-from openmace.train.ema import EMA
-from openmace.train.loss import LossWeights, compute_loss
-from openmace.train.metrics import (
+from openmace.evaluation.metrics import (
     Predictions,
     error_rows,
     format_table,
     predict,
     predictions_from,
 )
-from openmace.train.plots import plot_learning_curves, plot_parity
-
-
-@contextmanager
-def frozen_weights(model: torch.nn.Module) -> Iterator[None]:
-    """Weights without gradients for the duration: evaluation then runs the inference paths
-    (compiled kernels on CPUs, hand-written backward, cached contraction weights), which give the
-    training path's numbers to rounding."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
+from openmace.evaluation.plots import plot_learning_curves, plot_parity
+from openmace.evaluation.predict import split_by_structure
+from openmace.io.model_file import save_model
+from openmace.memory import check_memory
+from openmace.model import MACE, MACEConfig
+from openmace.train.checkpoint import load_checkpoint, remove_partial_writes, save_checkpoint
+from openmace.train.config import TrainConfig
+from openmace.train.data_setup import TrainingData, load_training_data
+from openmace.train.ema import EMA
+from openmace.train.loss import LossWeights, compute_loss
 
 log = logging.getLogger("openmace.train")
 
@@ -71,8 +55,8 @@ class TrainResult:
     epochs_run: int
 
 
-def model_config(cfg: TrainConfig, data: TrainingData) -> MACEConfig:
-    stats = compute_statistics(data.train, data.e0s, cfg.r_max)
+def model_config(cfg: TrainConfig, data: TrainingData, train_set: GraphDataset) -> MACEConfig:
+    stats = compute_statistics(train_set, data.e0s)
     log.info(
         "statistics: avg_num_neighbors %.3f, shift %.6f eV/atom, scale %.6f eV/Å",
         stats.avg_num_neighbors,
@@ -80,22 +64,12 @@ def model_config(cfg: TrainConfig, data: TrainingData) -> MACEConfig:
         stats.scale,
     )
     return MACEConfig(
+        **cfg.model_options(),  # every user option, as declared by MACEConfig
         atomic_numbers=data.elements,
         atomic_energies=[data.e0s[z] for z in data.elements],
-        r_max=cfg.r_max,
-        num_bessel=cfg.num_bessel,
-        num_polynomial_cutoff=cfg.num_polynomial_cutoff,
-        max_ell=cfg.max_ell,
-        hidden_irreps=cfg.hidden,
-        correlation=cfg.correlation,
-        num_interactions=cfg.num_interactions,
-        radial_mlp=list(cfg.radial_mlp),
-        readout_mlp=[cfg.readout_mlp],
         avg_num_neighbors=stats.avg_num_neighbors,
         scale=stats.scale,
         shift=stats.shift,
-        residual_first=cfg.residual_first,
-        pair_repulsion=cfg.pair_repulsion,
     )
 
 
@@ -112,6 +86,19 @@ def _optimizer(model: MACE, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 class Trainer:
+    """One training run, in steps: :meth:`setup` (data, graphs, statistics, model, optimiser;
+    resumes from the checkpoint with ``cfg.resume``), :meth:`run` (epochs with validation and a
+    checkpoint after each), :meth:`finish` (best weights, error tables, plots, the model file).
+
+    Args:
+        cfg: the validated training configuration (:class:`TrainConfig`: data, model options
+            declared by :class:`openmace.MACEConfig`, optimisation, run).
+        progress: show progress bars (also off with ``cfg.quiet``).
+
+    Validation and the final tables run on :func:`openmace.accel.for_inference` copies of the
+    current weights; the memory check (:mod:`openmace.memory`) runs before every batch.
+    """
+
     def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:
         self.cfg = cfg
         self.progress = progress and not cfg.quiet
@@ -132,21 +119,18 @@ class Trainer:
                 "it, or choose another --work-dir / --name"
             )
         self.data = load_training_data(cfg)
-        self.model_config = model_config(cfg, self.data)
+        # graphs (neighbour lists within r_max) once per structure; the statistics count on them,
+        # so they exist before the model config (whose r_max is this declared option's value)
+        self.train_set = GraphDataset(self.data.train, cfg.r_max)
+        self.valid_set = GraphDataset(self.data.valid, cfg.r_max)
+        self.model_config = model_config(cfg, self.data, self.train_set)
         torch.manual_seed(cfg.seed)
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-        try:
-            self.model = MACE(self.model_config).to(self.device)
-        finally:
-            torch.set_default_dtype(previous)
+        self.model = MACE(self.model_config, dtype=self.dtype, device=self.device)
         log.info(
             "model: %s, %d parameters",
             self.model_config.hidden_irreps,
             sum(p.numel() for p in self.model.parameters()),
         )
-        self.train_set = GraphDataset(self.data.train, cfg.r_max)
-        self.valid_set = GraphDataset(self.data.valid, cfg.r_max)
         self.optimizer = _optimizer(self.model, cfg)
         self.scheduler = self._scheduler()
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -260,7 +244,10 @@ class Trainer:
         losses, sizes = [], []
         for k, batch in enumerate(batches):
             batch = batch.to(self.device, self.dtype)
-            out = self.model(batch.graph, compute_forces=True, compute_stress=stress, training=True)
+            check_memory(self.model, len(batch.graph.positions), batch.graph.edge_index.shape[1])
+            out = self.model(
+                batch.graph, compute_forces=True, compute_stress=stress, create_graph=True
+            )
             loss, _ = compute_loss(
                 out, batch, weights, cfg.huber_delta if cfg.loss == "huber" else None
             )
@@ -295,17 +282,18 @@ class Trainer:
         weights = self.weights()
         huber = self.cfg.huber_delta if self.cfg.loss == "huber" else None
         losses, sizes, outputs = [], [], []
-        with frozen_weights(self.model):
-            for start in range(0, len(dataset), self.cfg.valid_batch_size):
-                idx = list(range(start, min(start + self.cfg.valid_batch_size, len(dataset))))
-                configs = [dataset.configs[i] for i in idx]
-                periodic = [bool(c.pbc.all()) for c in configs]
-                batch = dataset.batch(idx).to(self.device, self.dtype)
-                out = self.model(batch.graph, compute_forces=True, compute_stress=any(periodic))
-                loss, _ = compute_loss(out, batch, weights, huber)
-                losses.append(float(loss.detach()))
-                sizes.append(len(idx))
-                outputs.extend(split_by_structure(out, [len(c) for c in configs], periodic))
+        model = for_inference(self.model)
+        for start in range(0, len(dataset), self.cfg.valid_batch_size):
+            idx = list(range(start, min(start + self.cfg.valid_batch_size, len(dataset))))
+            configs = [dataset.configs[i] for i in idx]
+            periodic = [bool(c.pbc.all()) for c in configs]
+            batch = dataset.batch(idx).to(self.device, self.dtype)
+            check_memory(model, len(batch.graph.positions), batch.graph.edge_index.shape[1])
+            out = model(batch.graph, compute_forces=True, compute_stress=any(periodic))
+            loss, _ = compute_loss(out, batch, weights, huber)
+            losses.append(float(loss.detach()))
+            sizes.append(len(idx))
+            outputs.extend(split_by_structure(out, [len(c) for c in configs], periodic))
         return float(np.average(losses, weights=sizes)), predictions_from(dataset.configs, outputs)
 
     def averaged(self):
@@ -386,11 +374,11 @@ class Trainer:
             self.model.load_state_dict(self.best["state"])
         sets = {"train": self.train_set, "valid": self.valid_set}
         if self.data.test:
-            sets["test"] = GraphDataset(self.data.test, cfg.r_max)
-        with frozen_weights(self.model):
-            predictions = {
-                name: predict(self.model, ds, cfg.valid_batch_size) for name, ds in sets.items()
-            }
+            sets["test"] = GraphDataset(self.data.test, self.model.config.r_max)
+        model = for_inference(self.model)
+        predictions = {
+            name: predict(model, ds, cfg.valid_batch_size) for name, ds in sets.items()
+        }
         tables = {name: error_rows(p) for name, p in predictions.items()}
         text = format_table(tables)
         (self.run_dir / f"{cfg.name}.errors.txt").write_text(text + "\n")

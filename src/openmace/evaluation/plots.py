@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from openmace.train.metrics import Predictions
+from openmace.evaluation.metrics import Predictions
 
 
 def _pyplot():

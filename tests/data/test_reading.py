@@ -12,7 +12,7 @@ from openmace.data.configurations import Keys, read_configurations
 from openmace.data.errors import DataError
 from openmace.train.config import build_config
 from openmace.train.data_setup import load_training_data
-from tests.train.helpers import copper_cells, molecules, write_xyz
+from tests.helpers import copper_cells, molecules, write_xyz
 
 
 def test_user_keys_and_plain_ase_calculator_keys(tmp_path):

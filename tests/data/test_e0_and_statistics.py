@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from openmace.data.configurations import Configuration, Keys
+from openmace.data.dataset import GraphDataset
 from openmace.data.e0 import fit_e0s, resolve_e0s
 from openmace.data.errors import DataError
 from openmace.data.statistics import compute_statistics
 from openmace.train.config import build_config
 from openmace.train.data_setup import load_training_data
-from tests.train.helpers import molecules, write_xyz
+from tests.helpers import molecules, write_xyz
 
 E0 = {1: -13.6, 6: -1025.3, 8: -2035.6}
 
@@ -92,7 +93,7 @@ def test_statistics_on_hand_checkable_data():
         config(1.0, -2.0, [[2, 0, 0], [-2, 0, 0]]),
         config(10.0, -2.0, [[0, 0, 0], [0, 0, 0]]),
     ]
-    stats = compute_statistics(configs, e0s, r_max=2.0)
+    stats = compute_statistics(GraphDataset(configs, r_max=2.0), e0s)
     assert stats.avg_num_neighbors == pytest.approx(4 / 6)
     # per-atom interaction energies: (-3+2)/2, (-2+2)/2, 0
     assert stats.shift == pytest.approx((-0.5 + 0.0 + 0.0) / 3)

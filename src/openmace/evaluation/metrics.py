@@ -11,7 +11,7 @@ import numpy as np
 
 from openmace.data.configurations import Configuration
 from openmace.data.dataset import GraphDataset
-from openmace.inference import predict_configurations
+from openmace.evaluation.predict import predict_graphs
 from openmace.model import MACE
 
 
@@ -32,7 +32,7 @@ class Predictions:
 
 
 def predictions_from(configs: list[Configuration], outputs) -> Predictions:
-    """Pair model outputs (:func:`openmace.inference.predict_configurations`) with labels."""
+    """Pair model outputs (:func:`openmace.evaluation.predict_configurations`) with labels."""
     out = Predictions()
     for config, result in zip(configs, outputs):
         out.config_types.append(config.config_type)
@@ -52,10 +52,16 @@ def predictions_from(configs: list[Configuration], outputs) -> Predictions:
 
 
 def predict(
-    model: MACE, dataset: GraphDataset, batch_size: int, device=None, dtype=None
+    model: MACE, dataset: GraphDataset, batch_size: int
 ) -> Predictions:
-    """Predictions of ``model`` on a labelled data set."""
-    outputs = predict_configurations(model, dataset.configs, batch_size)
+    """Predictions of ``model`` on a labelled data set, from the dataset's graphs (no neighbour
+    list is rebuilt; they must hold the neighbours within the model's cutoff)."""
+    if dataset.r_max < model.config.r_max:
+        raise ValueError(
+            f"dataset graphs were built within {dataset.r_max} Å, less than the model's r_max "
+            f"{model.config.r_max} Å"
+        )
+    outputs = predict_graphs(model, dataset.graphs, batch_size)
     return predictions_from(dataset.configs, outputs)
 
 

@@ -2,7 +2,7 @@
 
     M_i = Σ_{j ∈ N(i)} R(r_ij) ⊗ Y(r̂_ij) ⊗ x_j          →  pooled [nodes, dim_mid, channels]
 
-The autograd version (:meth:`InteractionBlock.messages_autograd`) keeps every per-edge
+The reference (:class:`openmace.model.interaction.EdgeMessages`) keeps every per-edge
 temporary of every edge chunk alive for the backward pass and allocates fresh ones for each
 operation; on this kind of machine a fresh 13 MB temporary costs more than the arithmetic done
 on it (the kernel hands out zeroed pages). This version has two implementations of the same sums.
@@ -22,23 +22,78 @@ edge. Otherwise, in PyTorch operations, it
 
 The backward pass gives the gradients with respect to the node features ``x``, the harmonics
 ``Y`` and the radial features (through the MLP, by its own chain rule): what forces and stress
-need. It is used only when no parameter of the block requires a gradient (inference); training
-uses the autograd version. A second derivative (``create_graph=True``, e.g. a Hessian) falls back
-to recomputing the autograd version, so the result stays exact there too.
+need. :class:`InferenceMessages` is the swap of :func:`openmace.accel.for_inference` (frozen
+weights); training uses the reference. A second derivative (``create_graph=True``, e.g. a
+Hessian) falls back to recomputing the reference, so the result stays exact there too. The
+autograd Function receives tensors and a :class:`MessagePlan`, never a module.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from types import ModuleType
+from typing import NamedTuple
 
 import torch
+from torch import nn
 
-from openmace.kernels import cpu_kernels_for
-from openmace.o3 import ChannelwiseTensorProduct
+from openmace.model.interaction import EdgeMessages, pair_offsets
+from openmace.o3 import irreps_dim
 
-if TYPE_CHECKING:
-    from openmace.model.interaction import InteractionBlock
+
+class MessagePlan(NamedTuple):
+    """What the autograd Function needs, frozen: the tensor product's constants, the radial
+    MLP's weights (already scaled by ``1/sqrt(fan_in)``), the chunk size, the scratch
+    workspaces, the compiled kernels (or None) and the reference for second derivatives."""
+
+    cg_matrix: torch.Tensor  # [dim_sh, dim_mid · dim_in]
+    sparse_cg: tuple[torch.Tensor, ...]  # the coupling in the compiled kernels' form
+    weight_blocks: list[tuple[int, int, int, int, int]]
+    dim_mid: int
+    num_paths: int
+    mlp_weights: tuple[torch.Tensor, ...]
+    act_scale: float
+    edge_chunk: int
+    workspaces: dict
+    kernels: ModuleType | None
+    fallback: Callable[..., torch.Tensor]
+
+
+def _act(plan: MessagePlan, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.silu(x) * plan.act_scale
+
+
+def _forward_keeping(
+    plan: MessagePlan, x: torch.Tensor, keep: list[torch.Tensor], out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The radial MLP without autograd, writing each hidden layer's pre-activation into
+    ``keep`` (one preallocated tensor per hidden layer) for :func:`_input_gradient`, and the
+    result into ``out`` when given."""
+    for i, w in enumerate(plan.mlp_weights[:-1]):
+        x = _act(plan, torch.mm(x, w, out=keep[i]))
+    return _output_from_kept(plan, x, out)
+
+
+def _output_from_kept(
+    plan: MessagePlan, activation: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The MLP's last layer, from the last hidden layer's activation (``act(kept[-1])``)."""
+    w = plan.mlp_weights[-1]
+    return torch.mm(activation, w) if out is None else torch.mm(activation, w, out=out)
+
+
+def _input_gradient(
+    plan: MessagePlan, kept: list[torch.Tensor], grad_out: torch.Tensor
+) -> torch.Tensor:
+    """``∂(grad_out · MLP(x)) / ∂x`` from the pre-activations kept by :func:`_forward_keeping`:
+    the chain rule layer by layer, no autograd graph."""
+    grad = grad_out
+    for i in range(len(plan.mlp_weights) - 1, -1, -1):
+        grad = grad @ plan.mlp_weights[i].t()
+        if i > 0:  # through the normalised SiLU of the layer below
+            grad = torch.ops.aten.silu_backward(grad, kept[i - 1]) * plan.act_scale
+    return grad
 
 
 class _Workspace:
@@ -52,15 +107,15 @@ class _Workspace:
         return self.buffers[name][:k]
 
 
-def _workspace(block: InteractionBlock, x: torch.Tensor, rows: int) -> _Workspace:
-    """The block's workspace for this thread, device and dtype, kept from call to call: fresh
-    buffers would be page-faulted in by the kernel at every call (3BPA, 702 edges: the first
-    chunk's matrix product took 1.5 ms in fresh memory against 0.2 ms in reused memory). Only
+def _workspace(plan: MessagePlan, x: torch.Tensor, rows: int) -> _Workspace:
+    """The module's workspace for this thread, device and dtype, kept from call to call: fresh
+    buffers would be page-faulted in by the kernel at every call (benchmarks/README.md, "Design
+    measurements"). Only
     scratch lives here (nothing the backward pass needs is kept in it), so the forward and
     backward passes of different calls in one thread may share it."""
-    tp, (dim_in, c) = block.tensor_product, x.shape[1:]
+    tp, (dim_in, c) = plan, x.shape[1:]
     key = (threading.get_ident(), x.device, x.dtype, dim_in, c)
-    work = block.workspaces.get(key)
+    work = plan.workspaces.get(key)
     if work is None or work.rows < rows:
         mid = tp.dim_mid
         shapes = {
@@ -73,12 +128,12 @@ def _workspace(block: InteractionBlock, x: torch.Tensor, rows: int) -> _Workspac
             "grad_x": (dim_in, c),
             "grad_coupling": (mid, dim_in),
         }
-        work = block.workspaces[key] = _Workspace(x, rows, shapes)
+        work = plan.workspaces[key] = _Workspace(x, rows, shapes)
     return work
 
 
 def _coupled(
-    tp: ChannelwiseTensorProduct,
+    tp: MessagePlan,
     x: torch.Tensor,
     sh: torch.Tensor,
     sender: torch.Tensor,
@@ -98,9 +153,7 @@ def _coupled(
     return xs, coupling, product
 
 
-def _scale_by_path(
-    tp: ChannelwiseTensorProduct, slots: torch.Tensor, weights: torch.Tensor
-) -> None:
+def _scale_by_path(tp: MessagePlan, slots: torch.Tensor, weights: torch.Tensor) -> None:
     """``slots [k, mid, c] *= weights [k, paths, c]`` of each slot's path, in place."""
     k, c = slots.shape[0], slots.shape[2]
     for s0, s1, p0, p1, dim in tp.weight_blocks:
@@ -108,7 +161,7 @@ def _scale_by_path(
         block.mul_(weights[:, p0:p1].unsqueeze(2))
 
 
-def _sum_by_path(tp: ChannelwiseTensorProduct, slots: torch.Tensor, out: torch.Tensor) -> None:
+def _sum_by_path(tp: MessagePlan, slots: torch.Tensor, out: torch.Tensor) -> None:
     """``out [k, paths, c] = Σ_{slots of a path} slots [k, mid, c]``."""
     k, c = slots.shape[0], slots.shape[2]
     for s0, s1, p0, p1, dim in tp.weight_blocks:
@@ -121,23 +174,14 @@ def _sum_by_path(tp: ChannelwiseTensorProduct, slots: torch.Tensor, out: torch.T
 
 # edges per chunk on CPUs: the largest per-edge buffer ([edges, dim_mid, channels]) is kept near
 # CACHE_CHUNK_BYTES per thread, and at least MIN_CHUNK_EDGES per thread, so that the chain of
-# operations on it runs from the CPU cache. Measured on Cu 64 atoms (energy + forces + stress):
-# 1 thread, 32x0e+32x1o float64: 256 edges (2.6 MB) 166 ms vs 198 ms with 1310 and 278 ms with
-# all 4992 edges at once; 2 threads: 3 / 6 / 12 MiB chunks 100 / 89 / 99 ms; 128x0e+128x1o:
-# 1 thread 3 / 6 MiB 457 / 435 ms, 2 threads 6 / 12 / 24 MiB 278 / 254 / 258 ms. Other devices
-# use the block's (large) edge_chunk.
+# operations on it runs from the CPU cache (the chunk sizes tried: benchmarks/README.md, "Design
+# measurements"). Other devices use the module's (large) edge_chunk.
 CACHE_CHUNK_BYTES = 3 << 20
 MIN_CHUNK_EDGES = 128
 
 # the radial weights [edges, paths · channels] are kept from the forward pass when they take at
 # most this much memory, and recomputed from the kept last hidden layer otherwise
 KEEP_WEIGHTS_BYTES = 1 << 30
-
-
-def pair_offsets(num_radial: int, num_edges: int) -> list[int]:
-    """Where each chunk of radial rows applies: its edges, and (when the radial rows cover half
-    the edges, the second half being the first reversed) also the reverse edges."""
-    return [0] if num_radial == num_edges else [0, num_radial]  # [-1]: 0 or the half
 
 
 # radial weights of one chunk of radial rows in the compiled-kernel path when they are not all
@@ -160,21 +204,26 @@ def _scatter_copies(x: torch.Tensor, dim: int, rows: int) -> int:
     return max(1, min(torch.get_num_threads(), useful, affordable))
 
 
-def _chunk_weights(mlp, kept: list[torch.Tensor], radial: torch.Tensor, a: int, b: int, out=None):
+def _chunk_weights(
+    plan: MessagePlan,
+    kept: list[torch.Tensor],
+    radial: torch.Tensor,
+    a: int,
+    b: int,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The radial MLP's output for rows ``a:b`` from the kept last hidden pre-activation (or
     the radial features when the MLP has one layer): the backward passes' recomputation."""
-    return mlp.output_from_kept(mlp.act(kept[-1][a:b]) if kept else radial[a:b], out)
+    return _output_from_kept(plan, _act(plan, kept[-1][a:b]) if kept else radial[a:b], out)
 
 
 def _fused_rows(x: torch.Tensor, width: int) -> int:
     return max(1, FUSED_CHUNK_BYTES // (width * x.element_size()))
 
 
-def _fused_backward(
-    kernels, block, grad_pooled, x, sh, radial, sender, receiver, all_weights, kept
-):
+def _fused_backward(plan, grad_pooled, x, sh, radial, sender, receiver, all_weights, kept):
     """Gradients with respect to (x, Y, radial features) through the compiled kernels."""
-    tp, mlp = block.tensor_product, block.radial_mlp
+    tp, kernels = plan, plan.kernels
     num_radial, c = radial.shape[0], x.shape[2]
     half = pair_offsets(num_radial, sh.shape[0])[-1]
     chunk = max(num_radial, 1) if all_weights is not None else _fused_rows(x, tp.num_paths * c)
@@ -191,7 +240,7 @@ def _fused_backward(
         if weights_buffer is None:
             weights = all_weights[a:b]
         else:
-            weights = _chunk_weights(mlp, kept, radial, a, b, weights_buffer[: b - a])
+            weights = _chunk_weights(plan, kept, radial, a, b, weights_buffer[: b - a])
         grad_weights = grad_buffer[: b - a].zero_()
         kernels.pooled_backward(
             grad_x,
@@ -204,21 +253,23 @@ def _fused_backward(
             receiver,
             a,
             half,
-            *tp.sparse_cg(),
+            *tp.sparse_cg,
             grad_pooled,
         )
-        grad_radial[a:b] = mlp.input_gradient([z[a:b] for z in kept], grad_weights.view(b - a, -1))
+        grad_radial[a:b] = _input_gradient(
+            plan, [z[a:b] for z in kept], grad_weights.view(b - a, -1)
+        )
     return grad_x[0] if parts == 1 else grad_x.sum(0), grad_sh, grad_radial
 
 
-def _chunk_edges(block: InteractionBlock, x: torch.Tensor) -> int:
-    """Edges per chunk: cache-sized on CPUs, and never more than the block's ``edge_chunk``."""
+def _chunk_edges(plan: MessagePlan, x: torch.Tensor) -> int:
+    """Edges per chunk: cache-sized on CPUs, and never more than the plan's ``edge_chunk``."""
     if x.device.type != "cpu":
-        return block.edge_chunk
+        return plan.edge_chunk
     threads = torch.get_num_threads()
-    per_edge = block.tensor_product.dim_mid * x.shape[2] * x.element_size()
+    per_edge = plan.dim_mid * x.shape[2] * x.element_size()
     cache_sized = max(MIN_CHUNK_EDGES * threads, CACHE_CHUNK_BYTES * threads // per_edge)
-    return min(block.edge_chunk, cache_sized)
+    return min(plan.edge_chunk, cache_sized)
 
 
 class PooledMessages(torch.autograd.Function):
@@ -234,30 +285,30 @@ class PooledMessages(torch.autograd.Function):
         radial: torch.Tensor,
         sender: torch.Tensor,
         receiver: torch.Tensor,
-        block: InteractionBlock,
+        plan: MessagePlan,
     ) -> torch.Tensor:
-        tp, mlp = block.tensor_product, block.radial_mlp
+        tp = plan
         n, dim_in, c = x.shape
         num_radial, width = radial.shape[0], tp.num_paths * c
         offsets = pair_offsets(num_radial, sh.shape[0])
-        kernels = cpu_kernels_for(x)
+        kernels = plan.kernels
         if kernels is not None:  # the kernels read raw memory: dense row-major inputs
             sh, sender, receiver = sh.contiguous(), sender.contiguous(), receiver.contiguous()
         # the compiled kernels scatter into one copy per thread, summed after the last chunk
         parts = _scatter_copies(x, tp.dim_mid, num_radial) if kernels is not None else 1
         pooled = x.new_zeros((parts, n, tp.dim_mid, c))
         # the MLP's hidden pre-activations (and its output while small) for the backward pass
-        kept = [x.new_empty((num_radial, w.shape[1])) for w in mlp.weights[:-1]]
+        kept = [x.new_empty((num_radial, w.shape[1])) for w in plan.mlp_weights[:-1]]
         keep_weights = num_radial * width * x.element_size() <= KEEP_WEIGHTS_BYTES
         all_weights = x.new_empty((num_radial, width)) if keep_weights else None
         # radial rows per chunk: cache-sized edge chunks, or (compiled kernels, which keep
         # nothing per edge) all rows when their weights are kept, else FUSED_CHUNK_BYTES
         if kernels is None:
-            chunk = _chunk_edges(block, x)
+            chunk = _chunk_edges(plan, x)
         else:
             chunk = max(num_radial, 1) if keep_weights else _fused_rows(x, width)
         # one buffer for the radial weights of every chunk when they are not all kept (a fresh
-        # one per chunk is page-faulted in each time: 16 000 Cu atoms, 128 channels, 45 -> 31 s)
+        # one per chunk is page-faulted in each time; benchmarks/README.md)
         reused = None
         if all_weights is None and kernels is not None:
             reused = x.new_empty((min(chunk, num_radial), width))
@@ -265,37 +316,35 @@ class PooledMessages(torch.autograd.Function):
             b = min(a + chunk, num_radial)
             out = all_weights[a:b] if all_weights is not None else None
             out = reused[: b - a] if reused is not None else out
-            weights = mlp.forward_keeping(radial[a:b], [z[a:b] for z in kept], out)
+            weights = _forward_keeping(plan, radial[a:b], [z[a:b] for z in kept], out)
             weights = weights.view(b - a, tp.num_paths, c)
             if kernels is not None:
                 kernels.pooled_forward(
-                    pooled, x, sh, weights, sender, receiver, a, offsets[-1], *tp.sparse_cg()
+                    pooled, x, sh, weights, sender, receiver, a, offsets[-1], *tp.sparse_cg
                 )
                 continue
-            work = _workspace(block, x, chunk)
+            work = _workspace(plan, x, chunk)
             for offset in offsets:  # the chunk's edges, then their reverses if paired
                 e0, e1 = a + offset, b + offset
                 _, _, product = _coupled(tp, x, sh[e0:e1], sender[e0:e1], work, b - a)
                 _scale_by_path(tp, product, weights)
                 pooled[0].index_add_(0, receiver[e0:e1], product)
         pooled = pooled[0] if parts == 1 else pooled.sum(0)
-        ctx.kernels = kernels
         ctx.save_for_backward(x, sh, radial, sender, receiver, all_weights, *kept)
-        ctx.block = block
+        ctx.plan = plan
         return pooled
 
     @staticmethod
     def backward(ctx, grad_pooled: torch.Tensor):  # type: ignore[override]
         x, sh, radial, sender, receiver, all_weights, *kept = ctx.saved_tensors
-        block = ctx.block
-        tp, mlp = block.tensor_product, block.radial_mlp
-        chunk = _chunk_edges(block, x)
+        plan = tp = ctx.plan
+        chunk = _chunk_edges(plan, x)
         if torch.is_grad_enabled():  # a second derivative is wanted: recompute with autograd
             grads = _autograd_backward(ctx, x, sh, radial, sender, receiver, grad_pooled)
             return (*grads, None, None, None)
-        if ctx.kernels is not None:
+        if plan.kernels is not None:
             grads = _fused_backward(
-                ctx.kernels, block, grad_pooled, x, sh, radial, sender, receiver, all_weights, kept
+                plan, grad_pooled, x, sh, radial, sender, receiver, all_weights, kept
             )
             return (*grads, None, None, None)
         need_x, need_sh, need_radial = ctx.needs_input_grad[:3]
@@ -306,14 +355,14 @@ class PooledMessages(torch.autograd.Function):
         grad_x = torch.zeros_like(x) if need_x else None
         grad_sh = torch.empty_like(sh) if need_sh else None
         grad_radial = torch.empty_like(radial) if need_radial else None
-        work = _workspace(block, x, chunk)
+        work = _workspace(plan, x, chunk)
         for a in range(0, num_radial, chunk):
             b = min(a + chunk, num_radial)
             k = b - a
             if all_weights is not None:
                 weights = all_weights[a:b]
             else:
-                weights = _chunk_weights(mlp, kept, radial, a, b)
+                weights = _chunk_weights(plan, kept, radial, a, b)
             weights = weights.view(k, tp.num_paths, c)
             grad_weights = work("grad_weights", k)
             for pass_index, offset in enumerate(offsets):
@@ -343,14 +392,95 @@ class PooledMessages(torch.autograd.Function):
                         grad_coupling.view(k, mid * dim_in), tp.cg_matrix.t(), out=grad_sh[e0:e1]
                     )
             if need_radial:
-                grad_radial[a:b] = mlp.input_gradient(
-                    [z[a:b] for z in kept], grad_weights.view(k, -1)
+                grad_radial[a:b] = _input_gradient(
+                    plan, [z[a:b] for z in kept], grad_weights.view(k, -1)
                 )
         return grad_x, grad_sh, grad_radial, None, None, None
 
 
 def _autograd_backward(ctx, x, sh, radial, sender, receiver, grad_pooled):
     inputs = [t for t, need in zip((x, sh, radial), ctx.needs_input_grad[:3]) if need]
-    pooled = ctx.block.messages_autograd(x, sh, radial, sender, receiver)
+    pooled = ctx.plan.fallback(x, sh, radial, sender, receiver)
     grads = iter(torch.autograd.grad(pooled, inputs, grad_pooled, create_graph=True))
     return tuple(next(grads) if need else None for need in ctx.needs_input_grad[:3])
+
+
+class InferenceMessages(nn.Module):
+    """The swap of :class:`EdgeMessages` for frozen weights: the same sums through
+    :class:`PooledMessages` (compiled kernels when ``kernels`` is given, else PyTorch
+    operations with workspaces and a hand-written backward).
+
+    It registers the reference's ``tensor_product`` and ``radial_mlp`` under the same names, so
+    the model's state dict does not change, and owns its workspaces. The reference stays
+    reachable (not registered) for second derivatives.
+    """
+
+    def __init__(self, reference: EdgeMessages, kernels: ModuleType | None) -> None:
+        super().__init__()
+        self.tensor_product = reference.tensor_product
+        self.radial_mlp = reference.radial_mlp
+        self.channels = reference.channels
+        self.edge_chunk = reference.edge_chunk
+        self.kernels = kernels
+        self.workspaces: dict = {}
+        self._reference = (reference,)  # a tuple: not registered as a child module
+
+    def plan(self) -> MessagePlan:
+        tp, mlp = self.tensor_product, self.radial_mlp
+        return MessagePlan(
+            cg_matrix=tp.cg_matrix,
+            sparse_cg=tp.sparse_cg(),
+            weight_blocks=tp.weight_blocks,
+            dim_mid=tp.dim_mid,
+            num_paths=tp.num_paths,
+            mlp_weights=tuple(w.detach() * w.shape[0] ** -0.5 for w in mlp.weights),
+            act_scale=mlp.act.scale,
+            edge_chunk=self.edge_chunk,
+            workspaces=self.workspaces,
+            kernels=self.kernels,
+            fallback=self._reference[0],
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sh: torch.Tensor,
+        radial: torch.Tensor,
+        sender: torch.Tensor,
+        receiver: torch.Tensor,
+    ) -> torch.Tensor:
+        if self.kernels is not None and x.device.type != "cpu":
+            raise RuntimeError(
+                "this model was converted for the compiled CPU kernels: call "
+                "openmace.accel.for_inference again after moving it to another device"
+            )
+        return PooledMessages.apply(x, sh, radial, sender, receiver, self.plan())
+
+    def working_memory(self, num_atoms: int, num_edges: int, itemsize: int) -> int:
+        """Bytes kept per evaluation: per radial row the MLP's hidden layers and (up to
+        KEEP_WEIGHTS_BYTES) its output; the PyTorch path also keeps the harmonics and their
+        gradient per edge, the compiled kernels the node features they read and write."""
+        tp, c = self.tensor_product, self.channels
+        hidden = sum(self.radial_mlp.sizes[1:-1])
+        if self.kernels is not None:
+            rows = num_edges // 2  # the graphs openmace builds are paired (data/graph.py)
+            weights = rows * tp.num_paths * c * itemsize
+            total = weights if weights <= KEEP_WEIGHTS_BYTES else FUSED_CHUNK_BYTES
+            total += rows * hidden * itemsize
+            target = sum(ir.dim for _, ir in tp.irreps_mid)  # the A-features' irreps
+            node = tp.dim_mid + irreps_dim(tp.irreps_in) + target
+            total += num_atoms * c * node * itemsize
+            return int(total * COMPILED_MEMORY_FACTOR)
+        kept = min(num_edges * tp.num_paths * c * itemsize, KEEP_WEIGHTS_BYTES) // itemsize
+        numbers = kept + num_edges * (2 * sum(self.radial_mlp.sizes[:-1]) + 2 * SH_WIDTH)
+        return int(numbers * itemsize * INFERENCE_MEMORY_FACTOR)
+
+
+SH_WIDTH = 16  # spherical harmonics and their intermediates per edge (max_ell 3)
+# what is kept is counted above; gradients and chunk buffers on top (measured peak RSS above
+# an idle process, Cu 1000 atoms, float64: 32 channels 1.2 GB, estimate 1.4 GB; 128 channels
+# 3.0 GB, estimate 3.5 GB)
+INFERENCE_MEMORY_FACTOR = 1.5
+# compiled kernels: the estimate x 1.5 is at or above every measured peak (Cu 1000 / 4000 /
+# 16000 atoms, 32 and 128 channels, float32 and float64) and at most 2.2x above it
+COMPILED_MEMORY_FACTOR = 1.5

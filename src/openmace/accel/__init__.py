@@ -1,0 +1,111 @@
+"""Fast implementations of the model's operators, swapped in by one named conversion.
+
+    from openmace.accel import for_inference
+    fast = for_inference(model)                      # a frozen copy; ``model`` is unchanged
+    fast(graph, compute_stress=True)
+
+The reference model (:mod:`openmace.model`) holds the paper's maths in differentiable PyTorch
+operations: what training runs. :func:`for_inference` returns a frozen copy (no parameter needs a
+gradient) in which two operators are swapped, each for a module that owns its plan, caches and
+workspaces:
+
+==========================================  ==================================================
+reference (``openmace.model``)              swap (``openmace.accel``)
+==========================================  ==================================================
+``EdgeMessages`` (eq. 8, neighbour sum)     :class:`~openmace.accel.messages.InferenceMessages`
+                                            (compiled kernels or PyTorch operations, both with
+                                            a hand-written backward)
+``SymmetricContraction`` (eq. 10-11)        :class:`~openmace.accel.contraction.CompiledContraction`
+                                            (compiled kernel) or
+                                            :class:`~openmace.accel.contraction.FrozenContraction`
+                                            (weights contracted once)
+==========================================  ==================================================
+
+``implementation``:
+
+* ``"auto"`` (default): the compiled CPU kernels (:mod:`openmace.kernels`) for a CPU model in
+  float32/float64 unless ``OPENMACE_KERNELS=0`` (read here, once) or they cannot be built; else
+  ``"pytorch"``.
+* ``"compiled"``: the compiled kernels; an error if they cannot be used.
+* ``"pytorch"``: PyTorch operations with workspaces and a hand-written backward.
+* ``"reference"``: the reference edge messages and the frozen contraction: plain operations
+  only, what the TorchScript export scripts.
+
+Every swap gives the reference's numbers to rounding (tests: 1e-12 in float64) and stays exact
+for second derivatives (they fall back to the reference operations). Adding an implementation
+(a GPU kernel, a custom operator) means one more swap here, not a branch in the reference.
+The state dict of the copy equals the reference's (swaps register the same parameters).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from openmace.accel.contraction import CompiledContraction, FrozenContraction
+from openmace.accel.messages import InferenceMessages
+from openmace.kernels import cpu_kernels
+from openmace.model import MACE
+from openmace.model.interaction import EdgeMessages
+from openmace.model.product import SymmetricContraction
+
+IMPLEMENTATIONS = ("auto", "compiled", "pytorch", "reference")
+
+
+def _compiled_kernels(like: torch.Tensor, implementation: str) -> ModuleType | None:
+    """The compiled kernels module when ``implementation`` asks for them and they apply to
+    tensors like ``like`` (CPU, float32/float64)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, not {implementation!r}")
+    if implementation in ("pytorch", "reference"):
+        return None
+    if implementation == "auto" and os.environ.get("OPENMACE_KERNELS", "1") == "0":
+        return None
+    applies = like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64)
+    kernels = cpu_kernels() if applies else None
+    if implementation == "compiled" and kernels is None:
+        raise RuntimeError(
+            "the compiled CPU kernels cannot be used here (they need a CPU model in float32 or "
+            "float64 and a C++ compiler with ninja; see the log for the build error)"
+        )
+    return kernels
+
+
+def inference_messages(reference: EdgeMessages, implementation: str = "auto") -> nn.Module:
+    """The swap of one :class:`EdgeMessages` (its parameters are shared, not copied)."""
+    kernels = _compiled_kernels(reference.tensor_product.cg_matrix, implementation)
+    if implementation == "reference":
+        return reference
+    return InferenceMessages(reference, kernels)
+
+
+def inference_contraction(
+    reference: SymmetricContraction, implementation: str = "auto"
+) -> nn.Module:
+    """The swap of one :class:`SymmetricContraction` (its parameters are shared, not copied)."""
+    kernels = _compiled_kernels(reference.tree_basis, implementation)
+    if kernels is not None:
+        return CompiledContraction(reference, kernels)
+    return FrozenContraction(reference)
+
+
+def for_inference(model: MACE, implementation: str = "auto") -> MACE:
+    """A frozen copy of ``model`` with the fast operators swapped in (see the module docstring).
+
+    The copy lives on the model's device and dtype; convert again after moving a model. The
+    original is not changed; later changes to it do not reach the copy."""
+    _compiled_kernels(model.atomic_energies, implementation)  # checks the name first
+    frozen = copy.deepcopy(model).eval()
+    frozen.requires_grad_(False)
+    for interaction in frozen.interactions:
+        interaction.messages = inference_messages(interaction.messages, implementation)
+    for product in frozen.products:
+        product.contraction = inference_contraction(product.contraction, implementation)
+    return frozen
+
+
+__all__ = ["IMPLEMENTATIONS", "for_inference", "inference_contraction", "inference_messages"]
