@@ -14,6 +14,7 @@ state dict does not change.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from types import ModuleType
 from typing import NamedTuple
@@ -21,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from openmace.model.product import SymmetricContraction
+from openmace.model.product import MonomialPlan, SymmetricContraction
 from openmace.o3 import ElementGroups
 
 # the compiled kernel keeps per atom the input and output features and their gradients
@@ -45,10 +46,27 @@ class FrozenContraction(nn.Module):
     def forward(self, a: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
         return self.monomials(a, groups, self.p, self.p_top)
 
-    @torch.jit.unused
     def working_memory(self, num_atoms: int, itemsize: int) -> int:
         numbers = self.monomials.working_memory(num_atoms, self.channels, itemsize)
         return int(numbers * INFERENCE_MEMORY_FACTOR)
+
+
+def scratch_layout(plan: MonomialPlan) -> tuple[list[int], list[int], list[int], list[int], int]:
+    """The monomial recursion of ``plan`` with the monomials of all degrees in one scratch
+    array, degree ``d`` at rows ``offsets[d]:offsets[d + 1]``: (dst, src, last) per built
+    monomial (row dst = row src · A[last]), the rows of the weighted monomials in weight order,
+    and the number of rows. The compiled contraction kernel's form of the plan."""
+    offsets = [0, *itertools.accumulate(len(o) for o in plan.order)]
+    dst: list[int] = []
+    src: list[int] = []
+    last: list[int] = []
+    for d, (prefix, factor) in enumerate(plan.steps, start=1):
+        dst += [offsets[d] + t for t in range(len(prefix))]
+        src += [offsets[d - 1] + i for i in prefix]
+        last += factor
+    top = len(plan.order)
+    pos = [offsets[d] + t for d in range(top) for t in range(plan.num_used[d])]
+    return dst, src, last, pos, offsets[-1]
 
 
 class ContractionPlan(NamedTuple):
@@ -73,7 +91,7 @@ class CompiledContraction(nn.Module):
         with torch.no_grad():
             p = reference.contract_weights()
         self.register_buffer("kernel_weights", p.permute(0, 3, 2, 1).contiguous(), persistent=False)
-        dst, src, last, pos, rows = reference.plan.scratch_layout()
+        dst, src, last, pos, rows = scratch_layout(reference.plan)
         self.rows = rows
         self.register_buffer("first", reference.monomials.first.clone(), persistent=False)
         for name, values in (("dst", dst), ("src", src), ("last", last), ("pos", pos)):

@@ -101,7 +101,6 @@ class EdgeMessages(nn.Module):
                 pooled.index_add_(0, receiver[a:b], messages)
         return pooled
 
-    @torch.jit.unused
     def working_memory(self, num_atoms: int, num_edges: int, itemsize: int) -> int:
         """Bytes autograd keeps per evaluation: per edge the messages, gathered features, radial
         weights and the MLP's layers."""
@@ -190,7 +189,6 @@ class InteractionBlock(nn.Module):
             a = self.skip(a, groups)
         return a, residual
 
-    @torch.jit.unused
     def working_memory(self, num_atoms: int, num_edges: int, itemsize: int) -> int:
         """Bytes of the block's largest intermediates (the edge messages report theirs)."""
         return int(self.messages.working_memory(num_atoms, num_edges, itemsize))

@@ -66,23 +66,6 @@ class MonomialPlan:
         """Number of monomials the contraction weights (all degrees)."""
         return sum(self.num_used)
 
-    def scratch_layout(self) -> tuple[list[int], list[int], list[int], list[int], int]:
-        """The recursion with the monomials of all degrees in one scratch array, degree ``d``
-        at rows ``offsets[d]:offsets[d + 1]``: (dst, src, last) per built monomial (row dst =
-        row src · A[last]), the rows of the weighted monomials in weight order, and the number
-        of rows. The compiled contraction kernel's form of the plan."""
-        offsets = [0, *itertools.accumulate(len(o) for o in self.order)]
-        dst: list[int] = []
-        src: list[int] = []
-        last: list[int] = []
-        for d, (prefix, factor) in enumerate(self.steps, start=1):
-            dst += [offsets[d] + t for t in range(len(prefix))]
-            src += [offsets[d - 1] + i for i in prefix]
-            last += factor
-        top = len(self.order)
-        pos = [offsets[d] + t for d in range(top) for t in range(self.num_used[d])]
-        return dst, src, last, pos, offsets[-1]
-
 
 class MonomialContraction(nn.Module):
     """Evaluation of eq. 10-11 with given contracted weights (Algorithm 1, skipping the zeros
@@ -179,7 +162,6 @@ class MonomialContraction(nn.Module):
             return out.contiguous()
         return out.index_select(0, groups.inverse)
 
-    @torch.jit.unused
     def working_memory(self, num_atoms: int, channels: int, itemsize: int) -> int:
         """Bytes per evaluation before any safety factor: the monomials of every degree, their
         gathered factors (kept by autograd) and the concatenated features ``P`` is applied to."""
@@ -281,7 +263,6 @@ class SymmetricContraction(nn.Module):
         p, p_top = self.monomials.split_top(self.contract_weights())
         return self.monomials(a, groups, p, p_top)
 
-    @torch.jit.unused
     def working_memory(self, num_atoms: int, itemsize: int) -> int:
         """Bytes of the per-atom monomials autograd keeps (with the training safety factor)."""
         numbers = self.monomials.working_memory(num_atoms, self.channels, itemsize)
@@ -316,6 +297,5 @@ class ProductBlock(nn.Module):
         h = self.linear(self.contraction(a, groups).split(self.dims_out, dim=-1))
         return h if residual is None else h + residual
 
-    @torch.jit.unused
     def working_memory(self, num_atoms: int, itemsize: int) -> int:
         return int(self.contraction.working_memory(num_atoms, itemsize))
