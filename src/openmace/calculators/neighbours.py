@@ -33,17 +33,28 @@ class SkinNeighbourList:
         moved = np.linalg.norm(atoms.get_positions() - self.reference, axis=1)
         return bool(moved.max(initial=0.0) > 0.5 * self.skin)
 
-    def graph(self, atoms: Atoms) -> Graph:
+    def pairs(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sender, receiver and unit shifts of the pairs within ``cutoff + skin`` of the
+        reference positions (rebuilt when stale; every pair once, then reversed). A failed
+        build (:class:`ValueError` from :func:`neighbour_list`) leaves nothing to reuse."""
         if self._stale(atoms):
-            self.reference = atoms.get_positions().copy()
-            self.edges = neighbour_list(
-                self.reference,
-                np.asarray(atoms.get_cell()[:]),
-                atoms.get_pbc(),
-                self.cutoff + self.skin,
-            )
+            self.reference, self.edges = None, None
+            try:
+                edges = neighbour_list(
+                    atoms.get_positions(),
+                    np.asarray(atoms.get_cell()[:]),
+                    atoms.get_pbc(),
+                    self.cutoff + self.skin,
+                )
+            except BaseException:
+                self.key = None
+                raise
+            self.reference, self.edges = atoms.get_positions().copy(), edges
             self.builds += 1
-        sender, receiver, shifts = self.edges
+        return self.edges
+
+    def graph(self, atoms: Atoms) -> Graph:
+        sender, receiver, shifts = self.pairs(atoms)
         return graph_from_arrays(
             atoms.get_positions(),
             atoms.get_atomic_numbers(),

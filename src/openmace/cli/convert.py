@@ -13,12 +13,18 @@ HELP = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", type=Path, help="mace-torch folder or .model file")
     parser.add_argument("-o", "--output", type=Path, required=True, help="openmace model file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
 def run(args: argparse.Namespace) -> int:
+    from openmace.io.files import check_outputs
     from openmace.io.mace_torch import load_mace_torch
     from openmace.io.model_file import save_model
 
+    inputs = {"SOURCE": args.source}
+    for name in ("config.json", "weights.safetensors"):  # a mace-torch folder's files
+        inputs[f"SOURCE/{name}"] = args.source / name
+    check_outputs({"--output": args.output}, inputs, args.overwrite, create_folders=True)
     model = load_mace_torch(args.source)
     path = save_model(model, args.output, provenance={"converted_from": str(args.source)})
     n = sum(p.numel() for p in model.parameters())

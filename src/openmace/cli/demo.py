@@ -8,6 +8,7 @@ the machinery working, not chemistry.
 from __future__ import annotations
 
 import argparse
+import difflib
 from importlib.resources import files
 
 HELP = "evaluate a small molecule with the bundled demo model (or --model)"
@@ -20,6 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def molecule_names() -> list[str]:
+    """The names ``ase.build.molecule`` knows (the G2 set and ASE's extras)."""
+    from ase.build.molecule import extra
+    from ase.collections import g2
+
+    return [*g2.names, *extra]
+
+
 def run(args: argparse.Namespace) -> int:
     import ase.build
     import torch
@@ -28,6 +37,15 @@ def run(args: argparse.Namespace) -> int:
     from openmace.data.graph import batch_atoms
     from openmace.io.model_file import load_model
 
+    names = molecule_names()
+    if args.molecule not in names:
+        close = difflib.get_close_matches(args.molecule, names, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(
+            f"--molecule {args.molecule!r} is not one of ASE's molecules ({hint}"
+            "e.g. H2O, CH4, CH3CH2OH, C6H6; the list: python -c 'import ase.collections; "
+            "print(ase.collections.g2.names)')"
+        )
     path = args.model or str(files("openmace") / "resources" / "demo-hcno.safetensors")
     model = for_inference(load_model(path, dtype=torch.float64))
     atoms = ase.build.molecule(args.molecule)

@@ -17,14 +17,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", choices=["float32", "float64"], default="float64", help="precision of the file"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from openmace.io.files import check_outputs
     from openmace.io.model_file import load_model
     from openmace.io.torchscript import export_torchscript
 
+    check_outputs(
+        {"--output": args.output}, {"MODEL": args.model}, args.overwrite, create_folders=True
+    )
     model = load_model(args.model, dtype=getattr(torch, args.dtype))
     path = export_torchscript(model, args.output)
     print(

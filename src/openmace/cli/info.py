@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "print the hyperparameters, units and provenance of a model file"
+HELP = (
+    "check a model file (header, config, tensor table; no tensor data is read) and print its "
+    "hyperparameters, units and provenance"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ase.data import chemical_symbols
 
-    from openmace.io.model_file import read_header
+    from openmace.io.model_file import check_model_file
 
-    header = read_header(args.model)
+    header = check_model_file(args.model)
     config = header["config"]
     elements = " ".join(chemical_symbols[z] for z in config.atomic_numbers)
     print(
@@ -35,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     for key, value in config.to_dict().items():
         if key not in ("atomic_numbers", "atomic_energies"):
             print(f"{key:<22} {value}")
+    print(f"parameters             {header['parameters']} in {len(header['tensors'])} tensors")
     print(f"units                  {header['units']}")
     if header["provenance"]:
         print(f"provenance             {header['provenance']}")

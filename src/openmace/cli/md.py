@@ -1,4 +1,11 @@
-"""``openmace md``: molecular dynamics (NVE, Langevin NVT, Langevin NPT) with a model."""
+"""``openmace md``: molecular dynamics (NVE, Langevin NVT, Langevin NPT) with a model.
+
+Options, paths and the start structure are checked before the model is loaded: the trajectory
+and log never replace an input (``--structure``, ``--model``) and replace an existing file only
+with ``--overwrite``. The log is written line by line as the run goes; the guards against
+blow-ups (``--max-temperature``, ``--max-energy-jump``, ``--max-displacement``) are described
+in :mod:`openmace.simulate`.
+"""
 
 from __future__ import annotations
 
@@ -28,15 +35,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing trajectory and log"
+    )
+    parser.add_argument(
+        "--max-temperature",
+        type=float,
+        default=None,
+        help="K: stop when the temperature exceeds it (default: the larger of 10000 K and "
+        "20 times --temperature)",
+    )
+    parser.add_argument(
+        "--max-energy-jump",
+        type=float,
+        default=0.5,
+        help="eV/atom: NVE stops when the total energy changes more in one step (default 0.5)",
+    )
+    parser.add_argument(
+        "--max-displacement",
+        type=float,
+        default=1.0,
+        help="Å: stop when an atom moves more in one step (default 1)",
+    )
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """Added to the message when the run is stopped by Ctrl-C or SIGTERM."""
+    return f"the log {args.log} and trajectory {args.trajectory} keep the steps run so far"
+
+
+def read_start(path: Path, index: int):
+    """The structure ``index`` of ``path``, validated as ``eval`` validates structures."""
+    import ase.io
+
+    from openmace.data.errors import DataError
+    from openmace.simulate import validate_start
+
+    if not path.is_file():
+        raise DataError(path, None, "no such file")
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as err:  # ASE raises many types for malformed files
+        raise DataError(path, None, f"cannot read the file: {type(err).__name__}: {err}") from err
+    if not frames:
+        raise DataError(path, None, "file contains no structures")
+    n = len(frames)
+    if not -n <= index < n:
+        raise ValueError(
+            f"--index {index} is out of range: {path} holds {n} structure(s) "
+            f"(0 to {n - 1}, or -1 for the last)"
+        )
+    atoms = frames[index]
+    validate_start(atoms, str(path), index % n)
+    return atoms
 
 
 def run(args: argparse.Namespace) -> int:
-    import ase.io
-
     from openmace.calculators import MACECalculator
-    from openmace.simulate import run_md
+    from openmace.io.files import check_outputs
+    from openmace.simulate import check_md_options, run_md
 
-    atoms = ase.io.read(args.structure, index=args.index)
+    check_md_options(
+        args.ensemble,
+        args.timestep,
+        args.temperature,
+        args.steps,
+        args.friction,
+        args.pressure,
+        args.interval,
+        args.max_temperature,
+        args.max_energy_jump,
+        args.max_displacement,
+    )
+    check_outputs(
+        {"--trajectory": args.trajectory, "--log": args.log},
+        {"--structure": args.structure, "--model": args.model},
+        args.overwrite,
+    )
+    atoms = read_start(args.structure, args.index)
     atoms.calc = MACECalculator(model=args.model, device=args.device, dtype=args.dtype)
     result = run_md(
         atoms,
@@ -51,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
         args.log,
         args.seed,
         progress=not args.quiet and sys.stderr.isatty(),
+        max_temperature=args.max_temperature,
+        max_energy_jump=args.max_energy_jump,
+        max_displacement=args.max_displacement,
     )
     print(
         f"{result.steps} steps of {args.timestep} fs ({args.ensemble}) in {result.wall_s:.1f} s: "

@@ -6,13 +6,15 @@ Every option of :class:`openmace.train.config.TrainConfig` is a flag (``--max-el
 ``--max_ell``; mace-torch names such as ``--max_num_epochs`` and ``--num_channels`` too) and a
 key of the YAML file; flags override the file. The model's options, their help and defaults
 come from the declarations of :class:`openmace.model.MACEConfig`.
+
+Errors, Ctrl-C and SIGTERM are reported by the boundary in :mod:`openmace.cli.main` (one line,
+exit code 2, 130 or 143); :func:`interrupted` adds where the last checkpoint is.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from dataclasses import Field, fields
 
@@ -23,7 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from openmace.train.config import HIDDEN_IRREPS_OPTIONS, MODEL_OPTIONS, TrainConfig
 
     parser.add_argument("--config", help="YAML file of options (flags override it)")
-    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     model = parser.add_argument_group("model options (saved with the model)")
     training = parser.add_argument_group("training options")
     for f in sorted(fields(TrainConfig), key=lambda f: f.name not in MODEL_OPTIONS):
@@ -51,6 +52,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, help=help)
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """What to do after Ctrl-C or SIGTERM: where the last checkpoint is, and ``--resume``."""
+    from openmace.train.loop import checkpoint_path
+
+    cfg = getattr(args, "train_config", None)
+    if cfg is None:
+        return "training had not started"
+    path = checkpoint_path(cfg)
+    if path.is_file():
+        return f"the last checkpoint is {path}; continue with the same options and --resume"
+    return f"no checkpoint was written yet ({path}); start the run again"
+
+
 def _default(f: Field) -> str:
     from dataclasses import MISSING
 
@@ -60,32 +74,19 @@ def _default(f: Field) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from openmace.data.errors import DataError
+    from openmace.cli.devices import check_device
     from openmace.train.config import TrainConfig, build_config, load_config_file
-    from openmace.train.loop import TrainingError, train
+    from openmace.train.loop import train
 
     known = {f.name for f in fields(TrainConfig)}
     flags = {k: v for k, v in vars(args).items() if k in known}
-    # Ctrl-C must stop training cleanly even when started from a context that ignores SIGINT
-    # (background jobs of non-interactive shells inherit SIG_IGN)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     file_values = load_config_file(args.config) if args.config else {}
     cfg = build_config(file_values, flags)
-    logging.getLogger("openmace").setLevel(logging.INFO)
-    try:
-        result = train(cfg, progress=not cfg.quiet and sys.stderr.isatty())
-    except KeyboardInterrupt:
-        print(
-            f"interrupted: the last checkpoint is in {cfg.work_dir}/checkpoints; "
-            "continue with --resume",
-            file=sys.stderr,
-        )
-        return 130
-    except (DataError, TrainingError) as err:
-        if args.debug:
-            raise
-        print(f"openmace train: error: {err}", file=sys.stderr)
-        return 2
+    check_device(cfg.device)
+    args.train_config = cfg  # for interrupted()
+    if not getattr(args, "debug", False):
+        logging.getLogger("openmace").setLevel(logging.INFO)
+    result = train(cfg, progress=not cfg.quiet and sys.stderr.isatty())
     print()
     print(result.table_text)
     print()

@@ -16,11 +16,12 @@ from pathlib import Path
 import ase
 import ase.io
 import numpy as np
-from ase.data import chemical_symbols
 
 from openmace.data.errors import DataError
-
-MIN_DISTANCE = 0.1  # Å; atoms closer than this are a data error, not physics
+from openmace.data.validation import (
+    MIN_DISTANCE,  # noqa: F401  (its home used to be here)
+    validate_structure,
+)
 
 
 @dataclass(frozen=True)
@@ -93,27 +94,11 @@ def configuration_from_atoms(
 ) -> Configuration:
     """Extract and validate one structure's data and labels."""
     n = len(atoms)
-    if n == 0:
-        raise DataError(source, index, "structure has no atoms")
     numbers = np.asarray(atoms.get_atomic_numbers())
-    if (numbers < 1).any() or (numbers >= len(chemical_symbols)).any():
-        raise DataError(source, index, f"unknown element(s) {sorted(set(numbers.tolist()))}")
     positions = np.asarray(atoms.get_positions(), dtype=float)
-    if not np.isfinite(positions).all():
-        bad = int(np.argwhere(~np.isfinite(positions))[0][0])
-        raise DataError(source, index, f"atom {bad} has a non-finite position")
     pbc = np.asarray(atoms.get_pbc(), dtype=bool)
     cell = np.asarray(atoms.get_cell()[:], dtype=float)
-    if not np.isfinite(cell).all():
-        raise DataError(source, index, "cell has non-finite values")
-    if pbc.any():
-        with np.errstate(over="ignore"):
-            lengths = np.linalg.norm(cell, axis=1)
-        if (lengths[pbc] < 1e-6).any():
-            raise DataError(source, index, "periodic direction with a zero-length cell vector")
-        if pbc.all() and abs(np.linalg.det(cell)) < 1e-6:
-            raise DataError(source, index, "periodic cell has zero volume")
-    _check_distances(positions, cell, pbc, source, index)
+    validate_structure(positions, numbers, cell, pbc, source=source, index=index)
 
     energy = _lookup(atoms, keys.energy)
     forces = _lookup(atoms, keys.forces)
@@ -153,24 +138,6 @@ def configuration_from_atoms(
         if config.weight < 0:
             raise DataError(source, index, "config_weight is negative")
     return config
-
-
-def _check_distances(positions, cell, pbc, source, index) -> None:
-    from openmace.data.graph import neighbour_list
-
-    if len(positions) < 2 and not pbc.any():
-        return
-    try:  # the neighbour list refuses cells it cannot handle (e.g. 1e300 Å)
-        i, j, _ = neighbour_list(positions, cell, pbc, MIN_DISTANCE)
-    except ValueError as err:
-        raise DataError(source, index, str(err)) from err
-    if len(i):
-        raise DataError(
-            source,
-            index,
-            f"atoms {int(i[0])} and {int(j[0])} are closer than "
-            f"{MIN_DISTANCE} Å (on top of each other?)",
-        )
 
 
 @dataclass

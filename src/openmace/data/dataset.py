@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from openmace.data.configurations import Configuration
+from openmace.data.errors import DataError
+from openmace.data.geometry import check_remaining_pairs
 from openmace.data.graph import Graph, build_graph, collate
 
 
@@ -56,8 +58,13 @@ def _zeros33() -> np.ndarray:
 
 
 def configuration_graph(config: Configuration, r_max: float) -> Graph:
-    """One structure's graph, straight from its parsed arrays (one neighbour-list build)."""
-    return build_graph(config.positions, config.atomic_numbers, config.cell, config.pbc, r_max)
+    """One structure's graph, straight from its parsed arrays (one neighbour-list build); a
+    list that cannot be built (too large for memory, ...) is a :class:`DataError` naming the
+    structure."""
+    try:
+        return build_graph(config.positions, config.atomic_numbers, config.cell, config.pbc, r_max)
+    except ValueError as err:
+        raise DataError(config.source, config.index, str(err)) from err
 
 
 class GraphDataset:
@@ -68,7 +75,12 @@ class GraphDataset:
     def __init__(self, configs: list[Configuration], r_max: float) -> None:
         self.configs = configs
         self.r_max = r_max
-        self.graphs = [configuration_graph(c, r_max) for c in configs]
+        self.graphs, pairs, atoms, left = [], 0, 0, sum(len(c) for c in configs)
+        for c in configs:  # refused early when the whole set's lists would not fit
+            self.graphs.append(configuration_graph(c, r_max))
+            pairs += self.graphs[-1].edge_index.shape[1]
+            atoms, left = atoms + len(c), left - len(c)
+            check_remaining_pairs(pairs, atoms, left, len(configs) - len(self.graphs), r_max)
 
     def __len__(self) -> int:
         return len(self.configs)

@@ -19,6 +19,15 @@ import numpy as np
 import torch
 from vesin import NeighborList
 
+from openmace.data.geometry import (
+    check_cutoff,
+    check_geometry,
+    check_pair_memory,
+    check_search_grid,
+    pairs_from_density,
+    search_frame,
+)
+
 
 @dataclass
 class Graph:
@@ -44,32 +53,34 @@ class Graph:
         return replace(self, **changes)
 
 
-MAX_CELL_LENGTH = 1e6  # Å; vesin dies with a floating-point exception on cells of ~1e300
-
-
 def neighbour_list(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs within ``cutoff``: ``i → j`` with vector ``r_j - r_i + S·cell``; no self-pairs."""
+    """Pairs within ``cutoff``: ``i → j`` with vector ``r_j - r_i + S·cell``; no self-pairs.
+
+    Every input is checked first (:mod:`openmace.data.geometry`: finite coordinates within
+    ±1e5 Å, a periodic sub-cell at least 0.5 Å thick, a list that fits in memory, a cell grid
+    the library can handle), so no input reaches vesin that could crash it (SIGFPE) or hang it:
+    a :class:`ValueError` names the problem instead."""
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     if len(positions) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros((0, 3))
-    periodic = [bool(x) for x in pbc]
-    box = np.asarray(cell, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        lengths = np.linalg.norm(box, axis=1)
-    if not np.isfinite(box).all() or (lengths[np.array(periodic)] > MAX_CELL_LENGTH).any():
-        raise ValueError(
-            f"periodic cell vector lengths {lengths.round(3).tolist()} Å: not finite or longer "
-            f"than {MAX_CELL_LENGTH:g} Å (set pbc False along directions that are not periodic)"
-        )
-    if not any(periodic):
-        box = np.zeros((3, 3))
+    cutoff = check_cutoff(cutoff)
+    periodic = np.asarray(pbc, dtype=bool).reshape(3)
+    cell = np.asarray(cell, dtype=np.float64)
+    check_geometry(positions, cell, periodic)
+    frame = search_frame(positions, cell, periodic, cutoff)
+    pairs = pairs_from_density(len(positions), frame.volume, bool(periodic.any()), cutoff)
+    check_pair_memory(pairs, cutoff, f"{len(positions)} atoms")
+    check_search_grid(frame.box, cutoff)
     i, j, s = NeighborList(cutoff=cutoff, full_list=False).compute(
-        points=np.asarray(positions, dtype=np.float64), box=box, periodic=periodic, quantities="ijS"
+        points=frame.points, box=frame.box, periodic=True, quantities="ijS"
     )
-    keep = ~((i == j) & np.all(s == 0, axis=1))
-    i, j, s = i[keep].astype(np.int64), j[keep].astype(np.int64), s[keep].astype(np.float64)
+    i, j = i.astype(np.int64), j.astype(np.int64)
+    s = s.astype(np.int64) - frame.offsets[j] + frame.offsets[i]
+    keep = ~((i == j) & np.all(s == 0, axis=1)) & np.all(s[:, ~periodic] == 0, axis=1)
+    i, j, s = i[keep], j[keep], s[keep].astype(np.float64)
     # every pair once, then reversed (see the module docstring)
     return np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([s, -s])
 

@@ -105,9 +105,13 @@ def script_model(model: MACE) -> torch.jit.ScriptModule:
 
 
 def export_torchscript(model: MACE, path: str | Path) -> Path:
-    """Write ``model`` as a TorchScript file (see the module docstring for its interface)."""
+    """Write ``model`` as a TorchScript file (see the module docstring for its interface),
+    atomically: a failed write leaves no partial file and an existing file unchanged."""
+    from openmace.io.files import atomic_open
+
     path = Path(path)
     scripted = script_model(model)
     metadata = json.dumps(export_metadata(model), indent=1)
-    torch.jit.save(scripted, str(path), _extra_files={EXTRA_FILE: metadata})
+    with atomic_open(path, "wb") as fh:
+        torch.jit.save(scripted, fh, _extra_files={EXTRA_FILE: metadata})
     return path

@@ -128,6 +128,11 @@ class TrainConfig(ModelOptions):
     work_dir: str = _opt("openmace_run", "folder for checkpoints, logs, plots and the model")
     name: str = _opt("model", "run name (file names in --work-dir)")
     resume: bool = _opt(False, "continue from the last checkpoint in --work-dir")
+    apply_new_options: bool = _opt(
+        False,
+        "with --resume: apply changed optimisation options (lr, batch size, loss, scheduler, "
+        "EMA decay, stage two) to the resumed run instead of refusing them",
+    )
     quiet: bool = _opt(False, "no progress bars, log lines only")
 
     def __post_init__(self) -> None:
@@ -171,6 +176,10 @@ class TrainConfig(ModelOptions):
         need(self.threads is None or self.threads >= 1, "threads must be >= 1")
         need(self.patience is None or self.patience >= 0, "patience must be >= 0")
         need(self.stage_two_lr > 0, "stage_two_lr must be positive")
+        need(
+            is_plain_name(self.name),
+            f"name must be a plain file name (no folders, '/', '\\', '..'), not {self.name!r}",
+        )
         need(self.valid_fraction == self.valid_fraction, "valid_fraction must be a number")
         for name in ("energy_weight", "forces_weight", "stress_weight", "virials_weight"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0")
@@ -206,6 +215,17 @@ class TrainConfig(ModelOptions):
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def is_plain_name(name: object) -> bool:
+    """Whether ``name`` can name files inside the work dir (``NAME.safetensors``, ...): not
+    empty, no path separators, not ``.``/``..``, no control characters, at most 200 characters."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 200
+        and name not in (".", "..")
+        and not any(c in "/\\" or ord(c) < 32 for c in name)
+    )
 
 
 def field_aliases() -> dict[str, str]:
@@ -291,7 +311,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: config file not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of option: value")

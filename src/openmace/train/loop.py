@@ -5,6 +5,14 @@ the weights for validation and the saved model; ReduceLROnPlateau on the validat
 optional stage two (other loss weights, lower lr) for the last part of training; early stopping.
 Every evaluation writes an atomic checkpoint; ``resume`` continues from it and reaches the same
 result as an uninterrupted run (batch order is a function of seed and epoch only).
+
+A run's files are never lost or replaced: :func:`train` holds a lock on ``WORK_DIR/NAME.lock``
+(:class:`openmace.train.checkpoint.WorkDirLock`); a new run refuses a work dir that holds the
+run's checkpoint or model; ``resume`` without a checkpoint is an error listing the checkpoints
+present; on ``resume`` each option that differs from the checkpoint's run is refused, or applied
+and reported, by the policy of :data:`RESUME_FREE`, :data:`RESUME_REPORTED` and
+:data:`RESUME_OPTIMISATION` (all others, the model and data options, are refused), and the
+changes applied are recorded in the checkpoint and the model's provenance (``resume_changes``).
 """
 
 from __future__ import annotations
@@ -31,12 +39,18 @@ from openmace.evaluation.metrics import (
 )
 from openmace.evaluation.plots import plot_learning_curves, plot_parity
 from openmace.evaluation.predict import split_by_structure
+from openmace.io.files import atomic_open
 from openmace.io.model_file import save_model
 from openmace.memory import check_memory
 from openmace.model import MACE, MACEConfig
-from openmace.train.checkpoint import load_checkpoint, remove_partial_writes, save_checkpoint
+from openmace.train.checkpoint import (
+    WorkDirLock,
+    load_checkpoint,
+    remove_partial_writes,
+    save_checkpoint,
+)
 from openmace.train.config import TrainConfig
-from openmace.train.data_setup import TrainingData, load_training_data
+from openmace.train.data_setup import TrainingData, load_training_data, sha256
 from openmace.train.ema import EMA
 from openmace.train.loss import LossWeights, compute_loss
 
@@ -45,6 +59,44 @@ log = logging.getLogger("openmace.train")
 
 class TrainingError(RuntimeError):
     """Training cannot continue (e.g. a non-finite loss); the last checkpoint is kept."""
+
+
+RESUME_FREE = ("resume", "apply_new_options", "device", "threads", "quiet", "work_dir", "name")
+"""Options of where and how a run executes, not what it computes: free to differ on resume."""
+RESUME_REPORTED = ("epochs", "patience", "valid_batch_size", "test_file")
+"""May differ on resume (the run's length, early stopping, the evaluation batch size, the final
+test set): applied, reported in the log and recorded."""
+RESUME_OPTIMISATION = (
+    "lr",
+    "batch_size",
+    "eval_interval",
+    "ema_decay",
+    "energy_weight",
+    "forces_weight",
+    "stress_weight",
+    "virials_weight",
+    "loss",
+    "huber_delta",
+    "weight_decay",
+    "clip_grad",
+    "scheduler_patience",
+    "scheduler_factor",
+    "stage_two_start",
+    "stage_two_lr",
+    "stage_two_energy_weight",
+    "stage_two_forces_weight",
+)
+"""Refused on resume unless ``apply_new_options``; then applied for real (the learning rate,
+weight decay, scheduler and EMA settings are set in the restored optimiser, scheduler and EMA)
+and recorded. Every other option (model options, data files and label keys, E0s, seed, dtype)
+is refused: the checkpoint's weights and statistics belong to them. A data file given under a
+new path with the same content (SHA-256) is accepted and reported."""
+DATA_FILES = ("train_file", "valid_file")
+
+
+def checkpoint_path(cfg: TrainConfig) -> Path:
+    """Where the run ``cfg`` keeps its checkpoint."""
+    return cfg.run_dir / "checkpoints" / f"{cfg.name}.ckpt"
 
 
 @dataclass
@@ -105,19 +157,18 @@ class Trainer:
         self.dtype = getattr(torch, cfg.dtype)
         self.device = torch.device(cfg.device)
         self.run_dir = cfg.run_dir
-        self.checkpoint_path = self.run_dir / "checkpoints" / f"{cfg.name}.ckpt"
+        self.checkpoint_path = checkpoint_path(cfg)
+        self.model_path = self.run_dir / f"{cfg.name}.safetensors"
         self.log_path = self.run_dir / f"{cfg.name}.log.jsonl"
+        self.resume_changes: list[dict] = []  # options changed on resume, as applied
+        self._applied: set[str] = set()
 
     # ---- setup -------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        if self.checkpoint_path.exists() and not cfg.resume:
-            raise ValueError(
-                f"{self.checkpoint_path} exists from an earlier run: pass --resume to continue "
-                "it, or choose another --work-dir / --name"
-            )
+        state = self._resume_state()  # before any data is read: refusals come first
         self.data = load_training_data(cfg)
         # graphs (neighbour lists within r_max) once per structure; the statistics count on them,
         # so they exist before the model config (whose r_max is this declared option's value)
@@ -139,8 +190,118 @@ class Trainer:
         self.history: list[dict] = []
         self.best = {"valid_loss": math.inf, "epoch": -1, "state": None}
         self.elapsed = 0.0
-        if cfg.resume and self.checkpoint_path.exists():
-            self._restore(load_checkpoint(self.checkpoint_path))
+        if state is not None:
+            self._restore(state)
+
+    # ---- the run's files and resume --------------------------------------------------------
+    def _resume_state(self) -> dict | None:
+        """The checkpoint to resume (None for a new run), after refusing to replace an earlier
+        run's checkpoint or model, ``resume`` without a checkpoint, and changed options."""
+        cfg = self.cfg
+        if not cfg.resume:
+            if self.checkpoint_path.exists():
+                raise ValueError(
+                    f"{self.checkpoint_path} exists from an earlier run: pass --resume to "
+                    "continue it, or choose another --work-dir / --name"
+                )
+            if self.model_path.exists():
+                raise ValueError(
+                    f"{self.model_path} exists (a trained model, with no checkpoint to resume): "
+                    "a new run would replace it; choose another --work-dir / --name, or move "
+                    "the file away"
+                )
+            return None
+        if not self.checkpoint_path.is_file():
+            raise ValueError(self._no_checkpoint_message())
+        state = load_checkpoint(self.checkpoint_path)
+        self._check_resume_options(state)
+        return state
+
+    def _no_checkpoint_message(self) -> str:
+        folder = self.checkpoint_path.parent
+        found = sorted(p.stem for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+        message = f"--resume: there is no checkpoint {self.checkpoint_path}"
+        if found:
+            names = ", ".join(f"{n}.ckpt (--name {n})" for n in found)
+            message += f"; the checkpoints in {folder} are: {names}"
+        else:
+            message += f"; {self.run_dir} holds no checkpoints"
+        if self.model_path.exists():
+            message += f" ({self.model_path} is a finished model: it cannot be trained further)"
+        return message + "; check --work-dir and --name, or start a new run without --resume"
+
+    def _check_resume_options(self, state: dict) -> None:
+        """Refuse the options that may not differ from the checkpoint's run; list the others in
+        ``self.resume_changes`` (applied by :meth:`_restore`)."""
+        cfg, now = self.cfg, self.cfg.to_dict()
+        old = state.get("train_config") or {}
+        old_files = state.get("files") or {}
+        epoch, stage = state["epoch"], state["stage"]
+        refused, unapplied, changes = [], [], []
+        for name, value in now.items():
+            before = old.get(name, value)  # checkpoints of older versions lack some options
+            same_content = False
+            if name in DATA_FILES and value and Path(value).is_file():
+                digest = old_files.get(name, {}).get("sha256")
+                if digest is not None and digest != sha256(value):
+                    refused.append(f"{name} {value} (its content changed since the checkpoint)")
+                    continue
+                same_content = digest is not None
+            if before == value or name in RESUME_FREE:
+                continue
+            change = f"{name} {before!r} -> {value!r}"
+            if name in RESUME_REPORTED or (name in DATA_FILES and same_content):
+                changes.append({"epoch": epoch, "option": name, "checkpoint": before, "now": value})
+            elif name not in RESUME_OPTIMISATION:
+                refused.append(change)
+            elif stage == 2 and name in ("lr", "stage_two_start"):
+                refused.append(f"{change} (stage two began before epoch {epoch}: no effect)")
+            elif name == "ema_decay" and (before == 0) != (value == 0):
+                refused.append(f"{change} (the EMA cannot be switched on or off)")
+            elif not cfg.apply_new_options:
+                unapplied.append(change)
+            else:
+                changes.append({"epoch": epoch, "option": name, "checkpoint": before, "now": value})
+        if refused or unapplied:
+            parts = []
+            if refused:
+                parts.append(
+                    f"options that cannot change in a resumed run differ from the checkpoint's "
+                    f"run: {', '.join(refused)}; use the checkpoint's values or start a new run "
+                    "with another --name"
+                )
+            if unapplied:
+                parts.append(
+                    f"optimisation options differ from the checkpoint's run: "
+                    f"{', '.join(unapplied)}; pass --apply-new-options to apply them from epoch "
+                    f"{epoch + 1}, or use the checkpoint's values"
+                )
+            raise ValueError(f"--resume {self.checkpoint_path}: " + "; ".join(parts))
+        self.resume_changes = list(state.get("resume_changes") or []) + changes
+        if changes:
+            log.info(
+                "resuming with changed options (applied from epoch %d): %s",
+                epoch + 1,
+                ", ".join(f"{c['option']} {c['checkpoint']!r} -> {c['now']!r}" for c in changes),
+            )
+        self._applied = {c["option"] for c in changes}
+
+    def _apply_changed_options(self) -> None:
+        """Set changed optimisation options in the restored optimiser, scheduler and EMA (the
+        others are read from ``self.cfg`` where they are used)."""
+        cfg, applied = self.cfg, self._applied
+        if "lr" in applied and self.stage == 1:
+            self._set_lr(cfg.lr)
+        if "stage_two_lr" in applied and self.stage == 2:
+            self._set_lr(cfg.stage_two_lr)
+        if "weight_decay" in applied:
+            self.optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay
+        if "scheduler_factor" in applied:
+            self.scheduler.factor = cfg.scheduler_factor
+        if "scheduler_patience" in applied:
+            self.scheduler.patience = cfg.scheduler_patience
+        if "ema_decay" in applied and self.ema is not None:
+            self.ema.decay = cfg.ema_decay
 
     def _scheduler(self):
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -164,12 +325,11 @@ class Trainer:
         removed = remove_partial_writes(self.checkpoint_path)
         if removed:
             log.info("removed %d partial checkpoint file(s) of an interrupted write", removed)
-        self.stage = state["stage"]
-        if self.stage == 2:
-            self._set_lr(self.cfg.stage_two_lr)
+        self.stage = state["stage"]  # the optimiser's state holds the lr of that stage
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        self._apply_changed_options()
         self.epoch = state["epoch"]
         self.history = state["history"]
         self.best = state["best"]
@@ -190,13 +350,12 @@ class Trainer:
                 "elapsed": self.elapsed,
                 "model_config": self.model_config.to_dict(),
                 "train_config": self.cfg.to_dict(),
+                "files": self.data.files,
+                "resume_changes": self.resume_changes,
             },
             self.checkpoint_path,
         )
-        lines = "".join(json.dumps(h) + "\n" for h in self.history)
-        tmp = self.log_path.with_suffix(".tmp")
-        tmp.write_text(lines)
-        tmp.replace(self.log_path)
+        _write_text(self.log_path, "".join(json.dumps(h) + "\n" for h in self.history))
 
     # ---- loop --------------------------------------------------------------------------
     def weights(self) -> LossWeights:
@@ -381,8 +540,8 @@ class Trainer:
         }
         tables = {name: error_rows(p) for name, p in predictions.items()}
         text = format_table(tables)
-        (self.run_dir / f"{cfg.name}.errors.txt").write_text(text + "\n")
-        (self.run_dir / f"{cfg.name}.errors.json").write_text(json.dumps(tables, indent=1))
+        _write_text(self.run_dir / f"{cfg.name}.errors.txt", text + "\n")
+        _write_text(self.run_dir / f"{cfg.name}.errors.json", json.dumps(tables, indent=1))
         if self.history:
             plot_learning_curves(self.history, self.run_dir / f"{cfg.name}.learning_curves.png")
         plot_parity(predictions, self.run_dir / f"{cfg.name}.parity.png")
@@ -394,8 +553,16 @@ class Trainer:
             "errors": tables,
             "training_config": cfg.to_dict(),
         }
+        if self.resume_changes:
+            provenance["resume_changes"] = self.resume_changes
         path = save_model(self.model, self.run_dir / f"{cfg.name}.safetensors", provenance)
         return TrainResult(path, tables, text, self.epoch)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Replace ``path`` atomically; a failed write (a full disk) names it, the old file kept."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
 
 
 def _fmt(value) -> str:
@@ -403,10 +570,15 @@ def _fmt(value) -> str:
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train a model as configured; returns the saved model's path and the error tables."""
-    trainer = Trainer(cfg, progress)
-    trainer.setup()
-    Path(cfg.work_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.work_dir) / f"{cfg.name}.config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    trainer.run()
-    return trainer.finish()
+    """Train a model as configured; returns the saved model's path and the error tables.
+
+    Holds the lock of the run's files (``WORK_DIR/NAME.lock``) from start to end: a second
+    run with the same work dir and name raises
+    :class:`openmace.train.checkpoint.WorkDirLocked` naming the process that holds it.
+    """
+    with WorkDirLock(cfg.run_dir, cfg.name):
+        trainer = Trainer(cfg, progress)
+        trainer.setup()
+        _write_text(cfg.run_dir / f"{cfg.name}.config.json", json.dumps(cfg.to_dict(), indent=1))
+        trainer.run()
+        return trainer.finish()
