@@ -3,10 +3,11 @@
 Every ``import`` in ``src/openmace`` counts, also those inside functions. Layers, low to high
 (a module may import its own layer's other packages only where the table below allows it):
 
-    0  o3, kernels, version        equivariant primitives, the compiled kernels' loader
+    0  o3, kernels, version,       equivariant primitives, the compiled kernels' loader, the
+       memory                      memory limit (read by data and by the callers of the model)
     1  data                        reading, validation, neighbour lists, graphs, statistics
     2  model                       the reference maths
-    3  accel, memory               swaps of the model's operators; the memory policy
+    3  accel                       swaps of the model's operators
     4  io, evaluation              model files, imports and exports; prediction and metrics
     5  train, calculators, simulate
     6  cli, openmace (the public API in __init__.py)
@@ -30,7 +31,7 @@ LAYERS = {
     "data": 1,
     "model": 2,
     "accel": 3,
-    "memory": 3,
+    "memory": 0,
     "io": 4,
     "evaluation": 4,
     "train": 5,

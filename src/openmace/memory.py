@@ -14,8 +14,15 @@ environment variable ``OPENMACE_MEMORY_LIMIT`` (bytes), else ``MemAvailable`` of
 from __future__ import annotations
 
 import os
+from typing import Protocol
 
-from openmace.model import MACE
+
+class ReportsWorkingMemory(Protocol):
+    """What the check needs of a model (:class:`openmace.model.MACE`): this module sits below
+    every package so that the data layer reads the same limit (``data/geometry.py``)."""
+
+    def working_memory(self, num_atoms: int, num_edges: int) -> int: ...
+
 
 ENVIRONMENT_VARIABLE = "OPENMACE_MEMORY_LIMIT"
 ALWAYS_AVAILABLE = 256 << 20  # estimates below this are not checked against the system
@@ -47,7 +54,7 @@ def memory_limit(limit_bytes: int | None = None) -> int | None:
 
 
 def check_memory(
-    model: MACE, num_atoms: int, num_edges: int, limit_bytes: int | None = None
+    model: ReportsWorkingMemory, num_atoms: int, num_edges: int, limit_bytes: int | None = None
 ) -> None:
     """Raise :class:`MemoryError` with advice when evaluating ``num_atoms`` atoms with
     ``num_edges`` edges needs more memory than the limit (see the module docstring)."""

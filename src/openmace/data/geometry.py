@@ -29,17 +29,17 @@ cutoff either way).
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import numpy as np
+
+from openmace.memory import ENVIRONMENT_VARIABLE, available_bytes, memory_limit
 
 MAX_COORDINATE = 1e5  # Å: farther from the origin is a unit or format error
 MAX_CELL_LENGTH = 1e6  # Å: longest periodic cell vector
 MIN_CELL_HEIGHT = 0.5  # Å: thinnest periodic sub-cell (distance between opposite faces)
 BYTES_PER_PAIR = 128  # bytes per directed neighbour pair while the list is built (~100 measured)
 ALWAYS_FITS = 256 << 20  # neighbour lists estimated below this are not checked against memory
-MEMORY_VARIABLE = "OPENMACE_MEMORY_LIMIT"  # the memory policy's variable (openmace.memory)
 GAP_FACTOR = 1.5  # gaps along non-periodic directions are shortened to this × cutoff
 VESIN_MAX_CELLS = 1e5  # the library's cap on its cell grid (cpu_cell_list.cpp)
 MAX_SEARCH_VISITS = 2e8  # cell visits of one search (each costs a few ns even when empty)
@@ -243,20 +243,10 @@ def estimate_neighbour_pairs(
 def _memory_limit() -> tuple[int | None, str]:
     """Bytes a neighbour list may take, and where that number comes from (the memory policy of
     :mod:`openmace.memory`: ``OPENMACE_MEMORY_LIMIT``, else MemAvailable)."""
-    value = os.environ.get(MEMORY_VARIABLE)
-    if value is not None:
-        try:
-            return int(float(value)), f"allowed by {MEMORY_VARIABLE}"
-        except ValueError as err:
-            raise ValueError(f"{MEMORY_VARIABLE}={value!r}: expected a number of bytes") from err
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, "available"
-    except OSError:
-        pass
-    return None, "available"
+    limit = memory_limit()
+    if limit is not None:
+        return limit, f"allowed by {ENVIRONMENT_VARIABLE}"
+    return available_bytes(), "available"
 
 
 def check_pair_memory(
