@@ -26,6 +26,8 @@ for the model and structure, or the start structure is unphysical.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +264,26 @@ def _open_output(path: Path, what: str, opener):
         raise OutputPathError(f"cannot write the {what} {path}: {reason}") from err
 
 
+def _uninterrupted(write):
+    """``write`` with SIGINT and SIGTERM held back until it returns (delivered right after), so
+    that an interruption never leaves half a trajectory frame, which makes the file unreadable."""
+    if (
+        not hasattr(signal, "pthread_sigmask")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return write
+    held = {signal.SIGINT, signal.SIGTERM}
+
+    def guarded() -> None:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            write()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    return guarded
+
+
 def run_md(
     atoms: Atoms,
     ensemble: str = "nvt",
@@ -346,7 +368,7 @@ def run_md(
         guard = _Guard(atoms, dyn, ensemble, limits, kept)
         dyn.attach(guard, interval=1)  # before any writer
         if traj is not None:
-            dyn.attach(traj.write, interval=interval)
+            dyn.attach(_uninterrupted(traj.write), interval=interval)
 
         def record() -> None:
             epot, ekin = atoms.get_potential_energy(), atoms.get_kinetic_energy()
