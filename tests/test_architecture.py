@@ -10,7 +10,8 @@ Every ``import`` in ``src/openmace`` counts, also those inside functions. Layers
     3  accel                       swaps of the model's operators
     4  io, evaluation              model files, imports and exports; prediction and metrics
     5  train, calculators, simulate
-    6  cli, openmace (the public API in __init__.py)
+    6  foundations                 named published models: cache, download, calculators
+    7  cli, openmace (the public API in __init__.py)
 
 Run alone: ``python -m pytest tests/test_architecture.py -q``.
 """
@@ -37,8 +38,9 @@ LAYERS = {
     "train": 5,
     "calculators": 5,
     "simulate": 5,
-    "cli": 6,
-    "": 6,  # openmace/__init__.py
+    "foundations": 6,
+    "cli": 7,
+    "": 7,  # openmace/__init__.py
 }
 
 

@@ -12,7 +12,16 @@ from openmace.model import MACEConfig
 from openmace.model.config import user_options
 from openmace.train.config import MODEL_OPTIONS, TrainConfig, build_config, field_aliases
 
-COMPUTED = ("atomic_numbers", "atomic_energies", "avg_num_neighbors", "scale", "shift")
+COMPUTED = (
+    "atomic_numbers",
+    "atomic_energies",
+    "avg_num_neighbors",
+    "scale",
+    "shift",
+    "heads",
+    "embedding_specs",
+    "embedding_readout",
+)
 
 
 def default(f):
@@ -37,8 +46,22 @@ def test_model_files_keep_their_config_keys():
         "shift",
         "residual_first",
         "pair_repulsion",
+        # foundation-model options (files written before them load with the defaults)
+        "interaction",
+        "interaction_first",
+        "distance_transform",
+        "apply_cutoff",
+        "edge_irreps",
+        "edge_irreps_first",
+        "agnostic_product",
+        "readout_bias",
+        "heads",
+        "embedding_specs",
+        "embedding_readout",
     ]
     data = MACEConfig([1], [0.0]).to_dict()
+    old = {k: v for k, v in data.items() if k in [f.name for f in fields(MACEConfig)][:16]}
+    assert MACEConfig.from_dict(old) == MACEConfig([1], [0.0])
     with pytest.raises(ValueError, match="unknown field"):
         MACEConfig.from_dict({**data, "channels": 4})
 

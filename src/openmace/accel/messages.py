@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from types import ModuleType
 from typing import NamedTuple
 
@@ -39,6 +40,7 @@ import torch
 from torch import nn
 
 from openmace.model.interaction import EdgeMessages, pair_offsets
+from openmace.model.radial import MLP
 from openmace.o3 import irreps_dim
 
 
@@ -78,7 +80,10 @@ def _forward_keeping(
 def _output_from_kept(
     plan: MessagePlan, activation: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The MLP's last layer, from the last hidden layer's activation (``act(kept[-1])``)."""
+    """The MLP's last layer, from the last hidden layer's activation (``act(kept[-1])``); a
+    plan without MLP weights takes the radial weights as given."""
+    if not plan.mlp_weights:
+        return activation if out is None else out.copy_(activation)
     w = plan.mlp_weights[-1]
     return torch.mm(activation, w) if out is None else torch.mm(activation, w, out=out)
 
@@ -425,20 +430,30 @@ class InferenceMessages(nn.Module):
         self.workspaces: dict = {}
         self._reference = (reference,)  # a tuple: not registered as a child module
 
-    def plan(self) -> MessagePlan:
+    def plan(self, fused_mlp: bool = True) -> MessagePlan:
+        """The frozen plan; ``fused_mlp=False``: the radial weights are computed outside (the
+        LayerNorm MLP, or the envelope multiplying the MLP's output) and passed in place of
+        the radial features."""
         tp, mlp = self.tensor_product, self.radial_mlp
+        reference = self._reference[0]
+        if fused_mlp:
+            weights = tuple(w.detach() * w.shape[0] ** -0.5 for w in mlp.weights)
+            act_scale, fallback = mlp.act.scale, reference
+        else:
+            weights, act_scale = (), 1.0
+            fallback = partial(reference.pooled, cutoff=None, apply_mlp=False)
         return MessagePlan(
             cg_matrix=tp.cg_matrix,
             sparse_cg=tp.sparse_cg(),
             weight_blocks=tp.weight_blocks,
             dim_mid=tp.dim_mid,
             num_paths=tp.num_paths,
-            mlp_weights=tuple(w.detach() * w.shape[0] ** -0.5 for w in mlp.weights),
-            act_scale=mlp.act.scale,
+            mlp_weights=weights,
+            act_scale=act_scale,
             edge_chunk=self.edge_chunk,
             workspaces=self.workspaces,
             kernels=self.kernels,
-            fallback=self._reference[0],
+            fallback=fallback,
         )
 
     def forward(
@@ -448,13 +463,20 @@ class InferenceMessages(nn.Module):
         radial: torch.Tensor,
         sender: torch.Tensor,
         receiver: torch.Tensor,
+        cutoff: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.kernels is not None and x.device.type != "cpu":
             raise RuntimeError(
                 "this model was converted for the compiled CPU kernels: call "
                 "openmace.accel.for_inference again after moving it to another device"
             )
-        return PooledMessages.apply(x, sh, radial, sender, receiver, self.plan())
+        if cutoff is None and isinstance(self.radial_mlp, MLP):
+            return PooledMessages.apply(x, sh, radial, sender, receiver, self.plan())
+        # the radial weights by autograd (per radial row: the MLP is not fused), then the sums
+        weights = self.radial_mlp(radial)
+        if cutoff is not None:
+            weights = weights * cutoff
+        return PooledMessages.apply(x, sh, weights, sender, receiver, self.plan(fused_mlp=False))
 
     def working_memory(self, num_atoms: int, num_edges: int, itemsize: int) -> int:
         """Bytes kept per evaluation: per radial row the MLP's hidden layers and (up to

@@ -34,6 +34,7 @@ from openmace.data.validation import validate_structure
 from openmace.io.model_file import load_model
 from openmace.memory import check_memory
 from openmace.model import MACE
+from openmace.model.heads import single_head
 
 
 def _dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -48,6 +49,25 @@ def _first_half(pairs: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
     """Each pair once (a neighbour list holds every pair, then the same pairs reversed)."""
     half = len(pairs[0]) // 2
     return tuple(p[:half] for p in pairs)
+
+
+def _charge_and_spin(atoms) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``atoms.info["charge"]`` (e) and ``["spin"]`` (multiplicity) as ``[1]`` tensors (None
+    when absent: the model names what it needs)."""
+    out = []
+    for key in ("charge", "spin"):
+        value = atoms.info.get(key)
+        if value is None:
+            out.append(None)
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"atoms.info[{key!r}] must be a number, not {value!r}") from None
+        if not np.isfinite(number) or number != round(number):
+            raise ValueError(f"atoms.info[{key!r}] must be a whole number, not {value!r}")
+        out.append(torch.tensor([number], dtype=torch.float64))
+    return out[0], out[1]
 
 
 class MACECalculator(Calculator):
@@ -65,7 +85,13 @@ class MACECalculator(Calculator):
             ``"reference"``.
         memory_limit: bytes an evaluation may use (default: ``OPENMACE_MEMORY_LIMIT``, else the
             memory the system reports available); larger work raises :class:`MemoryError`.
+        head: the head of a multi-head model (name or index; default: the only head, else the
+            one named ``default``; otherwise an error listing the heads).
         **kwargs: passed to ASE's :class:`~ase.calculators.calculator.Calculator`.
+
+    Model files may be openmace files or mace-torch ``.model`` files (converted when loaded;
+    nothing in the file is executed). Models that embed the total charge and spin (MACE-OMOL)
+    read them from ``atoms.info["charge"]`` (e) and ``atoms.info["spin"]`` (multiplicity 2S+1).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
@@ -78,11 +104,13 @@ class MACECalculator(Calculator):
         skin: float = 0.5,
         implementation: str = "auto",
         memory_limit: int | None = None,
+        head: str | int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.device, self.dtype = torch.device(device), _dtype(dtype)
         self.implementation, self.memory_limit = implementation, memory_limit
+        self.head = head
         items = model if isinstance(model, list | tuple) else [model]
         if not items:
             raise ValueError("MACECalculator needs at least one model")
@@ -98,7 +126,8 @@ class MACECalculator(Calculator):
             loaded = copy.deepcopy(model).to(device=self.device, dtype=self.dtype)
         else:
             loaded = load_model(model, dtype=self.dtype, device=self.device)
-        return for_inference(loaded, self.implementation)
+        self.heads = list(loaded.config.heads)
+        return for_inference(single_head(loaded, self.head), self.implementation)
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
@@ -114,6 +143,8 @@ class MACECalculator(Calculator):
             pairs=lambda: _first_half(self.neighbours.pairs(atoms)),
         )
         graph = self.neighbours.graph(atoms)
+        if any(m.embedding_inputs for m in self.models):
+            graph.total_charge, graph.total_spin = _charge_and_spin(atoms)
         for m in self.models:
             check_memory(m, len(self.atoms), graph.edge_index.shape[1], self.memory_limit)
         periodic = bool(self.atoms.pbc.all())

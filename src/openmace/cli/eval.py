@@ -20,7 +20,10 @@ HELP = "predict energies, forces and stresses for a file of structures"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path, help="openmace model file")
+    parser.add_argument(
+        "--model", required=True, type=Path, help="openmace model file or mace-torch .model"
+    )
+    parser.add_argument("--head", default=None, help="head of a multi-head model (name)")
     parser.add_argument("--configs", required=True, type=Path, help="structures (ASE-readable)")
     parser.add_argument("--output", required=True, type=Path, help="extended-XYZ output")
     parser.add_argument("--batch-size", "--batch_size", type=int, default=16)
@@ -85,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from openmace.evaluation.predict import predict_configurations
     from openmace.io.files import atomic_open, atomic_path, check_outputs
     from openmace.io.model_file import load_model
+    from openmace.model.heads import single_head
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, not {args.batch_size}")
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         outputs = {"--output": args.output, "parity plot": plot}
         check_outputs(outputs, inputs, args.overwrite)
     model = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device)
-    model = for_inference(model)
+    model = for_inference(single_head(model, args.head))
     outputs = list(
         predict_configurations(
             model, configs, args.batch_size, progress=not args.quiet and sys.stderr.isatty()

@@ -9,7 +9,8 @@ HELP = "export a model as TorchScript (runs with PyTorch alone: no openmace, e3n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path, help="openmace model file")
+    parser.add_argument("model", type=Path, help="openmace model file or mace-torch .model")
+    parser.add_argument("--head", default=None, help="head of a multi-head model (name)")
     parser.add_argument(
         "--torchscript", action="store_true", required=True, help="TorchScript (the only format)"
     )
@@ -26,11 +27,12 @@ def run(args: argparse.Namespace) -> int:
     from openmace.io.files import check_outputs
     from openmace.io.model_file import load_model
     from openmace.io.torchscript import export_torchscript
+    from openmace.model.heads import single_head
 
     check_outputs(
         {"--output": args.output}, {"MODEL": args.model}, args.overwrite, create_folders=True
     )
-    model = load_model(args.model, dtype=getattr(torch, args.dtype))
+    model = single_head(load_model(args.model, dtype=getattr(torch, args.dtype)), args.head)
     path = export_torchscript(model, args.output)
     print(
         f"exported {args.model} as TorchScript ({args.dtype}, elements "

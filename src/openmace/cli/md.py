@@ -17,7 +17,10 @@ HELP = "run molecular dynamics from a structure file with a model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path)
+    parser.add_argument(
+        "--model", required=True, type=Path, help="openmace model file or mace-torch .model"
+    )
+    parser.add_argument("--head", default=None, help="head of a multi-head model (name)")
     parser.add_argument("--structure", required=True, type=Path, help="start (ASE-readable)")
     parser.add_argument(
         "--index", type=int, default=-1, help="structure in the file (default last)"
@@ -113,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
         args.overwrite,
     )
     atoms = read_start(args.structure, args.index)
-    atoms.calc = MACECalculator(model=args.model, device=args.device, dtype=args.dtype)
+    atoms.calc = MACECalculator(
+        model=args.model, device=args.device, dtype=args.dtype, head=args.head
+    )
     result = run_md(
         atoms,
         args.ensemble,

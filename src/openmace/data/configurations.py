@@ -50,6 +50,9 @@ class Configuration:
     weight: float = 1.0
     source: str = ""
     index: int = 0
+    # atoms.info["charge"] (e) and ["spin"] (multiplicity 2S+1), for models that embed them
+    total_charge: float | None = None
+    total_spin: float | None = None
 
     def __len__(self) -> int:
         return len(self.atomic_numbers)
@@ -105,6 +108,12 @@ def configuration_from_atoms(
     stress = _lookup(atoms, keys.stress)
     virials = _lookup(atoms, keys.virials)
     config = Configuration(numbers, positions, cell, pbc, source=str(source), index=index)
+    for key, name in (("charge", "total_charge"), ("spin", "total_spin")):
+        if atoms.info.get(key) is not None:
+            value = _float(atoms.info[key], source, index, f"info[{key!r}]")
+            if value != round(value):
+                raise DataError(source, index, f"info[{key!r}] must be a whole number ({value})")
+            setattr(config, name, value)
     if energy is not None:
         config.energy = _float(energy, source, index, f"energy ({keys.energy})")
     if forces is not None:

@@ -62,9 +62,14 @@ def configuration_graph(config: Configuration, r_max: float) -> Graph:
     list that cannot be built (too large for memory, ...) is a :class:`DataError` naming the
     structure."""
     try:
-        return build_graph(config.positions, config.atomic_numbers, config.cell, config.pbc, r_max)
+        graph = build_graph(config.positions, config.atomic_numbers, config.cell, config.pbc, r_max)
     except ValueError as err:
         raise DataError(config.source, config.index, str(err)) from err
+    if config.total_charge is not None:
+        graph.total_charge = torch.tensor([config.total_charge], dtype=torch.float64)
+    if config.total_spin is not None:
+        graph.total_spin = torch.tensor([config.total_spin], dtype=torch.float64)
+    return graph
 
 
 class GraphDataset:

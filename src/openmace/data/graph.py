@@ -39,6 +39,10 @@ class Graph:
     unit_shifts: torch.Tensor  # [n_edges, 3] integer lattice translations, as floats
     batch: torch.Tensor  # [n_atoms] graph index of each atom
     num_graphs: int
+    # per-structure inputs of models that embed them (MACE-OMOL): total charge (e) and spin
+    # multiplicity 2S+1, as floats [n_graphs]; None when not given
+    total_charge: torch.Tensor | None = None
+    total_spin: torch.Tensor | None = None
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -169,7 +173,10 @@ def collate(graphs: list[Graph]) -> Graph:
     }
     for f in fields(Graph):  # every other field is per atom or per graph: concatenated
         if f.name not in joined:
-            joined[f.name] = torch.cat([getattr(g, f.name) for g in graphs])
+            values = [getattr(g, f.name) for g in graphs]
+            # optional per-structure inputs: only when every structure has them (a model that
+            # needs them says so)
+            joined[f.name] = None if any(v is None for v in values) else torch.cat(values)
     return Graph(**joined)
 
 

@@ -276,11 +276,29 @@ def _check_construction_work(path: Path, config: MACEConfig) -> None:
         )
 
 
+def is_mace_torch_file(path: Path) -> bool:
+    """A PyTorch zip archive (what ``torch.save`` writes, e.g. mace-torch's ``.model``), not an
+    openmace (safetensors) file: told by the first bytes."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def load_model(
     path: str | Path, dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"
 ) -> MACE:
-    """Load a model file into a :class:`MACE` on ``device`` in ``dtype``."""
+    """Load a model file into a :class:`MACE` on ``device`` in ``dtype``: an openmace file, or
+    a mace-torch ``.model`` (converted on the fly by :func:`openmace.io.mace_torch.load_mace_torch`,
+    read without running any of its code)."""
     path = Path(path)
+    if is_mace_torch_file(path):
+        from openmace.io.mace_torch import load_mace_torch
+
+        model = load_mace_torch(path, dtype=dtype)
+        model.provenance = {"converted_from": "mace-torch", "source": str(path)}
+        return model.to(device)
     header = check_model_file(path)
     version = header["format_version"]
     tensors: dict[str, torch.Tensor] = {}

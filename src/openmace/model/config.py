@@ -45,8 +45,11 @@ def option(
 
 
 def computed(help: str, *, check: Check | None = None, default: Any = MISSING) -> Any:
-    """Declare a field computed from the training data: not a user option."""
+    """Declare a field computed from the training data (or a converted model): not a user
+    option. A callable ``default`` makes the value (lists, dicts)."""
     metadata = {"option": False, "help": help, "aliases": (), "check": check}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -112,9 +115,66 @@ def _sizes(name: str) -> Check:
 
 
 def _check_atomic_energies(energies: Any) -> str | None:
+    if _is_list(energies) and energies and all(_is_list(row) for row in energies):
+        if all(is_finite(e) for row in energies for e in row):  # one row per head
+            return None
     if not _is_list(energies) or not all(is_finite(e) for e in energies):
-        return "atomic_energies must be a list of finite numbers (eV)"
+        return "atomic_energies must be a list of finite numbers (eV), or one such list per head"
     return None
+
+
+def _check_per_head_number(name: str) -> Check:
+    return need(
+        lambda v: is_finite(v) or (_is_list(v) and len(v) > 1 and all(is_finite(x) for x in v)),
+        f"{name} must be a finite number, or a list of them (one per head of a multi-head model)",
+    )
+
+
+def _check_heads(heads: Any) -> str | None:
+    if not _is_list(heads) or not heads or not all(isinstance(h, str) and h for h in heads):
+        return "heads must be a non-empty list of names"
+    if len(set(heads)) != len(heads):
+        return "heads has duplicate names"
+    if len(heads) > 256 or any(len(h) > 100 for h in heads):
+        return "heads: at most 256 names of at most 100 characters"
+    return None
+
+
+INTERACTIONS = ("standard", "density", "nonlinear")
+DISTANCE_TRANSFORMS = (None, "agnesi", "soft")
+EMBEDDING_INPUTS = ("total_charge", "total_spin")
+MAX_EMBEDDING_CLASSES = 1024
+
+
+def _check_embedding_specs(specs: Any) -> str | None:
+    """The per-structure inputs embedded with the elements (mace-torch's ``embedding_specs``):
+    categorical, per graph, named total_charge / total_spin."""
+    if specs is None:
+        return None
+    if not isinstance(specs, dict) or not specs:
+        return "embedding_specs must be a non-empty mapping of input name to spec, or null"
+    for name, spec in specs.items():
+        if name not in EMBEDDING_INPUTS:
+            return f"embedding_specs: input {name!r} is not supported (only {EMBEDDING_INPUTS})"
+        if not isinstance(spec, dict):
+            return f"embedding_specs[{name!r}] must be a mapping"
+        if spec.get("type") != "categorical" or spec.get("per", "graph") != "graph":
+            return f"embedding_specs[{name!r}]: only categorical per-structure inputs are supported"
+        classes, dim = spec.get("num_classes"), spec.get("emb_dim")
+        if not (is_int(classes) and 1 <= classes <= MAX_EMBEDDING_CLASSES):
+            return f"embedding_specs[{name!r}].num_classes must be 1..{MAX_EMBEDDING_CLASSES}"
+        if not (is_int(dim) and 1 <= dim <= 4096):
+            return f"embedding_specs[{name!r}].emb_dim must be 1..4096"
+        if not is_int(spec.get("offset", 0)):
+            return f"embedding_specs[{name!r}].offset must be an integer"
+    return None
+
+
+def _check_edge_irreps(text: Any) -> str | None:
+    if text is None:
+        return None
+    problem = _check_hidden_irreps(text)
+    return problem.replace("hidden_irreps", "edge_irreps") if problem else None
 
 
 def _check_correlation(value: Any) -> str | None:
@@ -231,14 +291,14 @@ class MACEConfig:
         check=_finite("avg_num_neighbors", positive=True),
         default=1.0,
     )
-    scale: float = computed(
-        "scale of the learned atomic energies: RMS of the training forces (eV/Å)",
-        check=_finite("scale"),
+    scale: float | list[float] = computed(
+        "scale of the learned atomic energies: RMS of the training forces (eV/Å); one per head",
+        check=_check_per_head_number("scale"),
         default=1.0,
     )
-    shift: float = computed(
-        "shift of the atomic energies: mean interaction energy per atom (eV)",
-        check=_finite("shift"),
+    shift: float | list[float] = computed(
+        "shift of the atomic energies: mean interaction energy per atom (eV); one per head",
+        check=_check_per_head_number("shift"),
         default=0.0,
     )
     residual_first: bool = option(
@@ -252,13 +312,104 @@ class MACEConfig:
         "add ZBL pair repulsion",
         check=need(lambda v: isinstance(v, bool), "pair_repulsion must be true or false"),
     )
+    interaction: str = option(
+        "standard",
+        "interaction block of every layer: standard (neighbour sum / avg_num_neighbors), "
+        "density (sum / (1 + learned edge density): MACE-MP-0b2/b3, MPA-0, OMAT-0) or "
+        "nonlinear (element-embedded LayerNorm radial MLP, learned density normalisation and a "
+        "gated non-linearity: MACE-MH-1, OMOL)",
+        check=need(lambda v: v in INTERACTIONS, f"interaction must be one of {INTERACTIONS}"),
+        option_type="str",
+    )
+    interaction_first: str | None = option(
+        None,
+        "interaction block of the first layer (default: as --interaction)",
+        check=need(
+            lambda v: v is None or v in INTERACTIONS,
+            f"interaction_first must be one of {INTERACTIONS}",
+        ),
+    )
+    distance_transform: str | None = option(
+        None,
+        "transform of the edge length before the radial basis: agnesi (ACEpotentials' "
+        "r -> 1/(1 + a x^q / (1 + x^(q-p))), x = r / r0, r0 the mean covalent radius of the "
+        "pair) or soft (tanh switch towards 3/4 of the covalent-radii sum); none by default",
+        check=need(
+            lambda v: v in DISTANCE_TRANSFORMS, "distance_transform must be agnesi, soft or none"
+        ),
+    )
+    apply_cutoff: bool = option(
+        True,
+        "multiply the radial features by the cutoff envelope (false: the envelope multiplies "
+        "the radial MLP's output instead, as mace-torch's apply_cutoff=False)",
+        check=need(lambda v: isinstance(v, bool), "apply_cutoff must be true or false"),
+    )
+    edge_irreps: str | None = option(
+        None,
+        "irreps of the node features sent along edges (default: the layer's input irreps)",
+        check=_check_edge_irreps,
+    )
+    edge_irreps_first: bool = option(
+        False,
+        "the first layer sends the scalars of edge_irreps (mace-torch's use_edge_irreps_first)",
+        aliases=("use_edge_irreps_first",),
+        check=need(lambda v: isinstance(v, bool), "edge_irreps_first must be true or false"),
+    )
+    agnostic_product: bool = option(
+        False,
+        "one symmetric-contraction weight for all elements (mace-torch's use_agnostic_product)",
+        aliases=("use_agnostic_product",),
+        check=need(lambda v: isinstance(v, bool), "agnostic_product must be true or false"),
+    )
+    readout_bias: bool = option(
+        False,
+        "the last readout has a second hidden layer and biases (mace-torch's "
+        "NonLinearBiasReadoutBlock)",
+        check=need(lambda v: isinstance(v, bool), "readout_bias must be true or false"),
+    )
+    heads: list[str] = computed(
+        "names of the heads (one readout, E0 set, scale and shift each)",
+        check=_check_heads,
+        default=lambda: ["default"],
+    )
+    embedding_specs: dict | None = computed(
+        "per-structure inputs (total_charge, total_spin) embedded with the elements",
+        check=_check_embedding_specs,
+        default=None,
+    )
+    embedding_readout: bool = computed(
+        "a linear energy readout of the embedded inputs, added unscaled to E0",
+        check=need(lambda v: isinstance(v, bool), "embedding_readout must be true or false"),
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         problems = config_problems({f.name: getattr(self, f.name) for f in fields(self)})
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
         self.atomic_numbers = [int(z) for z in self.atomic_numbers]
-        self.atomic_energies = [float(e) for e in self.atomic_energies]
+        energies: Any = self.atomic_energies
+        if energies and _is_list(energies[0]):
+            self.atomic_energies = [[float(e) for e in row] for row in energies]
+        else:
+            self.atomic_energies = [float(e) for e in energies]
+
+    @property
+    def head_energies(self) -> list[list[float]]:
+        """E0 per head and element ``[heads][elements]`` (eV)."""
+        energies: Any = self.atomic_energies
+        return [list(row) for row in energies] if _is_list(energies[0]) else [list(energies)]
+
+    def per_head(self, name: str) -> list[float]:
+        """``scale`` or ``shift`` as one value per head."""
+        value = getattr(self, name)
+        return [float(v) for v in value] if _is_list(value) else [float(value)] * len(self.heads)
+
+    def interaction_of(self, layer: int) -> str:
+        """The interaction block of ``layer`` (0 = first)."""
+        if layer == 0 and self.interaction_first is not None:
+            return self.interaction_first
+        return self.interaction
 
     @property
     def correlations(self) -> list[int]:
@@ -299,8 +450,27 @@ def config_problems(values: Mapping[str, Any]) -> list[str]:
                 problems.append(problem)
     if {"atomic_numbers", "atomic_energies"} <= set(values):
         elements, energies = values["atomic_numbers"], values["atomic_energies"]
-        if _is_list(elements) and _is_list(energies) and len(energies) != len(elements):
+        rows = energies if _is_list(energies) and energies and _is_list(energies[0]) else [energies]
+        if _is_list(elements) and any(_is_list(r) and len(r) != len(elements) for r in rows):
             problems.append("atomic_energies needs one value per element")
+        heads = values.get("heads", ["default"])
+        nested = rows is energies
+        if _is_list(heads) and (len(heads) > 1 or nested) and len(rows) != len(heads):
+            problems.append("atomic_energies needs one row per head")
+        elif _is_list(heads) and len(heads) == 1 and nested:
+            problems.append("atomic_energies of a single-head model is one list (eV)")
+    heads = values.get("heads", ["default"])
+    for name in ("scale", "shift"):
+        value = values.get(name)
+        if _is_list(value) and _is_list(heads) and len(value) != len(heads):
+            problems.append(f"{name} needs one value per head")
+    first = values.get("interaction_first") or values.get("interaction", "standard")
+    if first == "nonlinear" and values.get("residual_first") is False:
+        problems.append("the nonlinear interaction is residual: residual_first must be true")
+    edge = values.get("edge_irreps")
+    if isinstance(edge, str) and _check_edge_irreps(edge) is None:
+        if not FeatureIrreps.parse(edge).irreps:
+            problems.append("edge_irreps is empty")
     if {"correlation", "num_interactions"} <= set(values):
         correlation = values["correlation"]
         if (

@@ -7,6 +7,13 @@
         E_i += Readout_t(h)                  (eq. 13)
     E = Σ_i [E0(z_i) + scale · (E_i + E_ZBL,i) + shift]
 
+Options of the released foundation models (``MACEConfig``): the interaction kind of each layer
+(:mod:`openmace.model.interaction`), a distance transform before the radial basis, the cutoff
+envelope on the radial MLP's output (``apply_cutoff=False``), edge irreps, an element-agnostic
+product, a biased last readout, several heads (E0, scale, shift and readouts per head; a graph
+selects its head) and an embedding of per-structure total charge and spin added to h⁰ (with an
+optional linear energy readout of it, added to E0 unscaled).
+
 Forces, stress and virials come from the energy in one place, :mod:`openmace.model.derivatives`.
 Fast implementations of the message and contraction operators are swapped in by
 :func:`openmace.accel.for_inference`; this module holds the reference maths only.
@@ -22,9 +29,67 @@ from openmace.model.config import MACEConfig
 from openmace.model.derivatives import apply_strain, energy_derivatives
 from openmace.model.interaction import InteractionBlock
 from openmace.model.product import ProductBlock
-from openmace.model.radial import RadialEmbedding, ZBLRepulsion
+from openmace.model.radial import (
+    RadialEmbedding,
+    ZBLRepulsion,
+    distance_transform,
+    polynomial_cutoff,
+)
 from openmace.model.readout import Readout
-from openmace.o3 import Irrep, SphericalHarmonics, element_groups, spherical_harmonics_irreps
+from openmace.o3 import (
+    FeatureIrreps,
+    Irrep,
+    SphericalHarmonics,
+    element_groups,
+    spherical_harmonics_irreps,
+)
+
+
+class JointEmbedding(nn.Module):
+    """Embedding of per-structure inputs (``MACEConfig.embedding_specs``: total charge, spin
+    multiplicity) added to h⁰: one table per input, indexed by ``value + offset``, the rows
+    concatenated, then ``SiLU(concat · W)`` (mace-torch's ``GenericJointEmbedding``; plain SiLU,
+    no bias)."""
+
+    def __init__(self, specs: dict, channels: int, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.names = list(specs)
+        self.offsets = [int(specs[n].get("offset", 0)) for n in self.names]
+        self.tables = nn.ParameterList(
+            [
+                nn.Parameter(
+                    torch.randn(int(specs[n]["num_classes"]), int(specs[n]["emb_dim"]), dtype=dtype)
+                )
+                for n in self.names
+            ]
+        )
+        total = sum(int(specs[n]["emb_dim"]) for n in self.names)
+        self.projection = nn.Parameter(torch.randn(total, channels, dtype=dtype) * total**-0.5)
+
+    def forward(self, inputs: list[torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        """``inputs``: one ``[graphs]`` tensor per name → ``[atoms, channels]``."""
+        rows = []
+        for k, table in enumerate(self.tables):
+            index = (inputs[k] + self.offsets[k]).long()
+            if bool((index < 0).any()) or bool((index >= table.shape[0]).any()):
+                raise ValueError(
+                    f"{self.names[k]} outside the range this model embeds "
+                    f"({-self.offsets[k]} to {table.shape[0] - 1 - self.offsets[k]})"
+                )
+            rows.append(table[index][batch])
+        return torch.nn.functional.silu(torch.cat(rows, dim=-1) @ self.projection)
+
+
+def edge_features(config: MACEConfig, first: bool) -> tuple[tuple[Irrep, ...] | None, int | None]:
+    """Irreps and channels of the features a layer sends along edges (None: its input's)."""
+    if config.edge_irreps is None:
+        return None, None
+    edge = FeatureIrreps.parse(config.edge_irreps)
+    if first:
+        if not config.edge_irreps_first:
+            return None, None
+        return (Irrep(0, 1),), edge.channels
+    return tuple(edge.irreps), edge.channels
 
 
 def _a_feature_irreps(config: MACEConfig, first: bool) -> tuple[Irrep, ...]:
@@ -70,10 +135,14 @@ class MACE(nn.Module):
         self.register_buffer("z_to_index", z_to_index, persistent=False)
         self.register_buffer("atomic_energies", torch.tensor(config.atomic_energies, dtype=dtype))
         self.num_elements = num_elements
+        self.heads = list(config.heads)
+        self.num_heads = len(self.heads)
         self.embedding = nn.Parameter(torch.randn(num_elements, c, dtype=dtype))
         self.radial = RadialEmbedding(
             config.r_max, config.num_bessel, config.num_polynomial_cutoff, dtype
         )
+        self.distance_transform = distance_transform(config.distance_transform, dtype)
+        self.apply_cutoff = config.apply_cutoff
         self.pair_repulsion = (
             ZBLRepulsion(config.num_polynomial_cutoff, dtype=dtype)
             if config.pair_repulsion
@@ -81,7 +150,25 @@ class MACE(nn.Module):
         )
         self.irreps_sh = tuple(spherical_harmonics_irreps(config.max_ell))
         self.spherical_harmonics = SphericalHarmonics(config.max_ell)
-        self.scale, self.shift = float(config.scale), float(config.shift)
+        self.scale, self.shift = config.per_head("scale")[0], config.per_head("shift")[0]
+        # per-head scale and shift (config values; not in the state dict)
+        self.register_buffer(
+            "head_scale", torch.tensor(config.per_head("scale"), dtype=dtype), persistent=False
+        )
+        self.register_buffer(
+            "head_shift", torch.tensor(config.per_head("shift"), dtype=dtype), persistent=False
+        )
+        self.agnostic_product = config.agnostic_product
+        self.joint_embedding: JointEmbedding | None = None
+        self.embedding_inputs: list[str] = []
+        if config.embedding_specs is not None:
+            self.joint_embedding = JointEmbedding(config.embedding_specs, c, dtype)
+            self.embedding_inputs = list(config.embedding_specs)
+        self.embedding_readout: nn.Parameter | None = None
+        if config.embedding_readout:
+            if config.embedding_specs is None:
+                raise ValueError("embedding_readout needs embedding_specs")
+            self.embedding_readout = nn.Parameter(torch.randn(c, self.num_heads, dtype=dtype))
 
         self.interactions = nn.ModuleList()
         self.products = nn.ModuleList()
@@ -91,7 +178,9 @@ class MACE(nn.Module):
             first, last = t == 0, t == config.num_interactions - 1
             irreps_out = features.scalars().irreps if last else features.irreps
             irreps_a = _a_feature_irreps(config, first)
-            residual = config.residual_first or not first
+            kind = config.interaction_of(t)
+            residual = config.residual_first or not first or kind == "nonlinear"
+            irreps_edge, edge_channels = edge_features(config, first)
             self.interactions.append(
                 InteractionBlock(
                     irreps_in=irreps_in,
@@ -105,14 +194,21 @@ class MACE(nn.Module):
                     avg_num_neighbors=config.avg_num_neighbors,
                     residual=residual,
                     dtype=dtype,
+                    kind=kind,
+                    irreps_edge=irreps_edge,
+                    edge_channels=edge_channels,
                 )
             )
+            product_elements = 1 if config.agnostic_product else num_elements
             self.products.append(
-                ProductBlock(irreps_a, irreps_out, c, correlation, num_elements, dtype)
+                ProductBlock(irreps_a, irreps_out, c, correlation, product_elements, dtype)
             )
             mlp_readout = last and config.num_interactions > 1
             hidden = config.readout_mlp if mlp_readout else []
-            self.readouts.append(Readout(irreps_out, c, hidden, dtype))
+            bias = mlp_readout and config.readout_bias
+            if bias:
+                hidden = [config.readout_mlp[0], config.readout_mlp[0]]
+            self.readouts.append(Readout(irreps_out, c, hidden, dtype, self.num_heads, bias))
             irreps_in = irreps_out
         if device is not None:
             self.to(device)
@@ -153,11 +249,13 @@ class MACE(nn.Module):
         compute_forces: bool = True,
         compute_stress: bool = False,
         create_graph: bool = False,
+        head: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Energies (eV), per-atom energies including E0 (eV), forces (eV/Å) and, on request,
         virials (eV, ``-∂E/∂ε``) and stress (eV/Å³, ``(1/V) ∂E/∂ε``; zero for structures that
         are not periodic in all three directions) of every graph in the batch.
-        ``create_graph=True`` keeps forces and stress differentiable (training on forces)."""
+        ``create_graph=True`` keeps forces and stress differentiable (training on forces).
+        ``head``: the head index of each graph ``[graphs]`` (default: the first head)."""
         graph = graph.to(device=self.atomic_energies.device, dtype=self.atomic_energies.dtype)
         return self.compute(
             graph.positions,
@@ -171,6 +269,9 @@ class MACE(nn.Module):
             compute_forces=compute_forces,
             compute_stress=compute_stress,
             create_graph=create_graph,
+            head=head,
+            total_charge=graph.total_charge,
+            total_spin=graph.total_spin,
         )
 
     @torch.jit.unused
@@ -188,6 +289,9 @@ class MACE(nn.Module):
         compute_forces: bool = True,
         compute_stress: bool = False,
         create_graph: bool = False,
+        head: torch.Tensor | None = None,
+        total_charge: torch.Tensor | None = None,
+        total_spin: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """:meth:`forward` on plain tensors (the fields of :class:`Graph`, already on the
         model's device and dtype)."""
@@ -203,6 +307,9 @@ class MACE(nn.Module):
             compute_forces,
             compute_stress,
             create_graph,
+            head,
+            total_charge,
+            total_spin,
         )
 
     @torch.jit.export
@@ -219,6 +326,9 @@ class MACE(nn.Module):
         compute_forces: bool,
         compute_stress: bool,
         create_graph: bool,
+        head: torch.Tensor | None = None,
+        total_charge: torch.Tensor | None = None,
+        total_spin: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """:meth:`compute` with positional arguments: the TorchScript entry point (TorchScript
         has no keyword-only arguments)."""
@@ -231,6 +341,9 @@ class MACE(nn.Module):
             unit_shifts,
             batch,
             num_graphs,
+            head,
+            total_charge,
+            total_spin,
         )
         out = {"energy": energy, "node_energy": node_energy}
         out.update(
@@ -247,10 +360,16 @@ class MACE(nn.Module):
         unit_shifts: torch.Tensor,
         batch: torch.Tensor,
         num_graphs: int,
+        head: torch.Tensor | None = None,
+        total_charge: torch.Tensor | None = None,
+        total_spin: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Energies ``[G]`` and per-atom energies with E0 ``[n]`` (eV): eq. 8-13."""
         species = self.species(atomic_numbers)
         groups = element_groups(species, self.num_elements)
+        product_groups = groups
+        if self.agnostic_product:
+            product_groups = element_groups(torch.zeros_like(species), 1)
         sender, receiver = edge_index[0], edge_index[1]
         shifts = torch.einsum("ei,eij->ej", unit_shifts, cell[batch[sender]])
         vectors = positions[receiver] - positions[sender] + shifts
@@ -259,30 +378,94 @@ class MACE(nn.Module):
         # an edge and its reverse have the same length: radial features (and the radial MLPs of
         # the interactions) once per pair when the edges come in reversed halves
         pairs = paired_edges(edge_index, unit_shifts)
-        radial = self.radial(lengths[:pairs] if pairs > 0 else lengths)
+        rows = lengths[:pairs] if pairs > 0 else lengths
+        radial, cutoff = self.radial_features(
+            rows, atomic_numbers[sender[: rows.shape[0]]], atomic_numbers[receiver[: rows.shape[0]]]
+        )
 
         num_atoms = positions.shape[0]
+        node_head = self._node_heads(head, batch)
         site = positions.new_zeros(num_atoms)
         if self.pair_repulsion is not None:
             site = site + self.pair_repulsion(
                 lengths, atomic_numbers[sender], atomic_numbers[receiver], num_atoms, receiver
             )
-        h = (self.embedding * self.num_elements**-0.5)[species].unsqueeze(-1)
+        h0 = (self.embedding * self.num_elements**-0.5)[species]
+        extra = positions.new_zeros(num_atoms)  # embedding readout: added to E0, unscaled
+        if self.joint_embedding is not None:
+            h0 = h0 + self.joint_embedding(
+                self._embedding_inputs(total_charge, total_spin, num_graphs), batch
+            )
+            if self.embedding_readout is not None:
+                w = self.embedding_readout
+                extra = self._select_head((h0 @ w) * w.shape[0] ** -0.5, node_head)
+        h = h0.unsqueeze(-1)
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
-            a, residual = interaction(h, groups, sh, radial, sender, receiver)
-            h = product(a, groups, residual)
-            site = site + readout(h)
+            a, residual = interaction(h, groups, sh, radial, sender, receiver, cutoff)
+            h = product(a, product_groups, residual)
+            site = site + self._select_head(readout(h), node_head)
 
         # the reference energies E0 (large: ~1e3 eV per atom) and the learned part are summed
         # separately: summed together, float32 rounds every atom's learned energy at the
         # magnitude of the running total, configuration-dependent noise of ~0.1 meV/atom that
         # the energy loss then fits (measured on rMD17 aspirin); separately, the E0 rounding is
         # a constant per composition
-        e0 = self.atomic_energies[species]
-        learned = self.scale * site + self.shift
+        if node_head is None:
+            e0 = self.atomic_energies[species]
+            learned = self.scale * site + self.shift + extra
+        else:
+            e0 = self.atomic_energies[node_head, species]
+            learned = self.head_scale[node_head] * site + self.head_shift[node_head] + extra
         energy = positions.new_zeros(num_graphs).index_add(0, batch, e0)
         energy = energy + positions.new_zeros(num_graphs).index_add(0, batch, learned)
         return energy, e0 + learned
+
+    def radial_features(
+        self, lengths: torch.Tensor, z_sender: torch.Tensor, z_receiver: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Radial features ``[rows, num_bessel]`` of edge lengths ``[rows, 1]`` (Å): the Bessel
+        basis of the (transformed) length times the cutoff envelope of the length; with
+        ``apply_cutoff=False`` the envelope ``[rows, 1]`` is returned separately (it then
+        multiplies the radial MLPs' outputs)."""
+        transformed = lengths
+        if self.distance_transform is not None:
+            transformed = self.distance_transform(lengths, z_sender, z_receiver)
+        basis = self.radial.bessel(transformed)
+        envelope = polynomial_cutoff(lengths / self.radial.r_max, self.radial.p)
+        if self.apply_cutoff:
+            return basis * envelope, None
+        return basis, envelope
+
+    def _node_heads(self, head: torch.Tensor | None, batch: torch.Tensor) -> torch.Tensor | None:
+        """Head index of each atom (None: a single-head model)."""
+        if self.num_heads == 1:
+            return None
+        if head is None:
+            return torch.zeros_like(batch)
+        if bool((head < 0).any()) or bool((head >= self.num_heads).any()):
+            raise ValueError(f"head index outside 0..{self.num_heads - 1}")
+        return head[batch]
+
+    def _select_head(self, values: torch.Tensor, node_head: torch.Tensor | None) -> torch.Tensor:
+        """``[n]`` from per-head values ``[n, heads]`` (single head: ``[n]`` or ``[n, 1]``)."""
+        if node_head is None:
+            return values.reshape(values.shape[0])
+        return values.gather(1, node_head.unsqueeze(1)).squeeze(1)
+
+    def _embedding_inputs(
+        self, total_charge: torch.Tensor | None, total_spin: torch.Tensor | None, num_graphs: int
+    ) -> list[torch.Tensor]:
+        inputs: list[torch.Tensor] = []
+        for name in self.embedding_inputs:
+            value = total_charge if name == "total_charge" else total_spin
+            if value is None:
+                key = "charge" if name == "total_charge" else "spin"
+                raise ValueError(
+                    f"this model needs each structure's {name} (ASE: atoms.info[{key!r}]; "
+                    "spin as the multiplicity 2S+1)"
+                )
+            inputs.append(value.reshape(num_graphs))
+        return inputs
 
 
 # per edge, numbers every implementation holds: the graph, edge vectors, lengths, harmonics and

@@ -37,13 +37,24 @@ def polynomial_cutoff(x: torch.Tensor, p: int) -> torch.Tensor:
     return f * (x < 1.0)
 
 
+def _second_moment_normalisation(values: np.ndarray, weights: np.ndarray) -> float:
+    return float(1.0 / np.sqrt((weights * values**2).sum() / np.sqrt(2.0 * np.pi)))
+
+
 @cache
 def silu_normalisation() -> float:
     """``1 / sqrt(E[silu(z)^2])`` for ``z ~ N(0, 1)``, by 200-point Gauss-Hermite quadrature
     (exact to float64 precision). Rescaled SiLU keeps unit second moment through the MLPs."""
     z, w = np.polynomial.hermite_e.hermegauss(200)
-    silu = z / (1.0 + np.exp(-z))
-    return float(1.0 / np.sqrt((w * silu**2).sum() / np.sqrt(2.0 * np.pi)))
+    return _second_moment_normalisation(z / (1.0 + np.exp(-z)), w)
+
+
+@cache
+def sigmoid_normalisation() -> float:
+    """``1 / sqrt(E[sigmoid(z)^2])`` for ``z ~ N(0, 1)`` (as :func:`silu_normalisation`): the
+    gates of the gated non-linearity."""
+    z, w = np.polynomial.hermite_e.hermegauss(200)
+    return _second_moment_normalisation(1.0 / (1.0 + np.exp(-z)), w)
 
 
 class NormalizedSiLU(nn.Module):
@@ -140,3 +151,101 @@ class ZBLRepulsion(nn.Module):
         pair = 0.5 * pair * polynomial_cutoff(r / r_switch, self.p)
         out = r.new_zeros(num_atoms)
         return out.index_add(0, receiver, pair.squeeze(-1))
+
+
+class AgnesiTransform(nn.Module):
+    """Agnesi transform of the edge length (ACEpotentials.jl, J. Chem. Phys. 159, 164101):
+
+        T(r) = 1 / (1 + a x^q / (1 + x^(q - p))),   x = r / r0,   r0 = (R_i + R_j) / 2
+
+    with ``R`` the covalent radii (ASE). ``q``, ``p``, ``a`` are buffers (mace-torch's
+    ``AgnesiTransform``; its defaults 0.9183, 4.5791, 1.0805)."""
+
+    def __init__(
+        self,
+        q: float = 0.9183,
+        p: float = 4.5791,
+        a: float = 1.0805,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        dtype = dtype or torch.get_default_dtype()
+        self.register_buffer("q", torch.tensor(q, dtype=dtype))
+        self.register_buffer("p", torch.tensor(p, dtype=dtype))
+        self.register_buffer("a", torch.tensor(a, dtype=dtype))
+        self.register_buffer(
+            "covalent_radii", torch.tensor(covalent_radii, dtype=dtype), persistent=False
+        )
+
+    def forward(self, r: torch.Tensor, z_sender: torch.Tensor, z_receiver: torch.Tensor):
+        r0 = 0.5 * (self.covalent_radii[z_sender] + self.covalent_radii[z_receiver]).unsqueeze(-1)
+        x = r / r0
+        return 1.0 / (1.0 + self.a * x**self.q / (1.0 + x ** (self.q - self.p)))
+
+
+class SoftTransform(nn.Module):
+    """Soft transform of the edge length (mace-torch's ``SoftTransform``): with
+    ``r0 = R_i + R_j`` (covalent radii), ``p0 = 3 r0 / 4``, ``p1 = 4 r0 / 3``,
+    ``m = (p0 + p1) / 2``:
+
+        T(r) = p0 + (r - p0) · (1 + tanh(α (r - m) / (p1 - p0))) / 2
+
+    close to ``p0`` for short distances and to ``r`` beyond ``p1``. ``alpha`` is a buffer."""
+
+    def __init__(self, alpha: float = 4.0, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        dtype = dtype or torch.get_default_dtype()
+        self.register_buffer("alpha", torch.tensor(alpha, dtype=dtype))
+        self.register_buffer(
+            "covalent_radii", torch.tensor(covalent_radii, dtype=dtype), persistent=False
+        )
+
+    def forward(self, r: torch.Tensor, z_sender: torch.Tensor, z_receiver: torch.Tensor):
+        r0 = (self.covalent_radii[z_sender] + self.covalent_radii[z_receiver]).unsqueeze(-1)
+        p0, p1 = 0.75 * r0, (4.0 / 3.0) * r0
+        m = 0.5 * (p0 + p1)
+        switch = 0.5 * (1.0 + torch.tanh(self.alpha / (p1 - p0) * (r - m)))
+        return p0 + (r - p0) * switch
+
+
+def distance_transform(name: str | None, dtype: torch.dtype | None = None) -> nn.Module | None:
+    """The transform module of ``MACEConfig.distance_transform`` (None: no transform)."""
+    if name is None:
+        return None
+    return {"agnesi": AgnesiTransform, "soft": SoftTransform}[name](dtype=dtype)
+
+
+class LayerNormMLP(nn.Module):
+    """``Linear(+bias) → LayerNorm → SiLU → ... → Linear(+bias)`` (plain SiLU, no
+    normalisation; weights ``[in, out]``, used as ``x W + b``): the radial MLP of the nonlinear
+    interaction (mace-torch's ``RadialMLP``, after ESEN). LayerNorm ε = 1e-5, with affine
+    weight and bias."""
+
+    def __init__(self, sizes: list[int], dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.sizes = list(sizes)
+        pairs = list(zip(sizes[:-1], sizes[1:]))
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.randn(a, b, dtype=dtype) * a**-0.5) for a, b in pairs]
+        )
+        self.biases = nn.ParameterList(
+            [nn.Parameter(torch.zeros(b, dtype=dtype)) for _, b in pairs]
+        )
+        self.norm_weights = nn.ParameterList(
+            [nn.Parameter(torch.ones(b, dtype=dtype)) for _, b in pairs[:-1]]
+        )
+        self.norm_biases = nn.ParameterList(
+            [nn.Parameter(torch.zeros(b, dtype=dtype)) for _, b in pairs[:-1]]
+        )
+        self.num_layers = len(pairs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = self.num_layers - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.addmm(b, x, w)
+            if i < last:
+                x = torch.nn.functional.layer_norm(
+                    x, (w.shape[1],), self.norm_weights[i], self.norm_biases[i], 1e-5
+                )
+                x = torch.nn.functional.silu(x)
+        return x

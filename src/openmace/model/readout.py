@@ -1,7 +1,13 @@
 """Readouts: site energy contributions of each layer (paper eq. 13).
 
 Linear on the invariant features for every layer but the last; a one-hidden-layer MLP (SiLU)
-for the last layer.
+for the last layer. With ``bias`` the last readout has a second hidden layer and biases on the
+layers after the first (mace-torch's ``NonLinearBiasReadoutBlock``):
+
+    E_i = W_3ᵀ σ(W_2ᵀ σ(W_1ᵀ h_i / √c) / √h + b_2) / √h + b_3
+
+A model with several heads has one such readout per head (``[heads, ...]`` weights; mace-torch
+stores them as one wide layer whose off-head blocks are masked away, which is the same map).
 """
 
 from __future__ import annotations
@@ -9,12 +15,47 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from openmace.model.radial import MLP
+from openmace.model.radial import MLP, NormalizedSiLU
 from openmace.o3 import Irrep
 
 
+class HeadMLP(nn.Module):
+    """One MLP per head: ``[n, a] → [n, heads]`` (bias-free first layer, optional biases
+    after it; SiLU normalised to unit second moment between layers)."""
+
+    def __init__(
+        self, sizes: list[int], heads: int, bias: bool, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        self.sizes = list(sizes)
+        pairs = list(zip(sizes[:-1], sizes[1:]))
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.randn(heads, a, b, dtype=dtype)) for a, b in pairs]
+        )
+        self.biases = nn.ParameterList(
+            [nn.Parameter(torch.zeros(heads, b, dtype=dtype)) for _, b in pairs[1:]] if bias else []
+        )
+        self.act = NormalizedSiLU()
+        self.num_layers = len(pairs)
+        if bias and self.num_layers < 2:
+            raise ValueError("a biased readout needs a hidden layer")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.einsum("na,hab->nhb", x, self.weights[0]) * self.weights[0].shape[1] ** -0.5
+        for i in range(1, self.num_layers):
+            w = self.weights[i]
+            y = torch.einsum("nha,hab->nhb", self.act(y), w) * w.shape[1] ** -0.5
+            if len(self.biases) > 0:
+                y = y + self.biases[i - 1]
+        return y.squeeze(-1)
+
+
 class Readout(nn.Module):
-    """``[n, c, dim] → [n]`` from the even scalars; ``hidden`` sizes give an MLP (empty: linear)."""
+    """``[n, c, dim] → [n]`` (one head) or ``[n, heads]`` from the even scalars; ``hidden``
+    sizes give an MLP (empty: linear).
+
+    A single bias-free head keeps the plain :class:`MLP` (state-dict name ``mlp``); several
+    heads or biases use :class:`HeadMLP` (``heads_mlp``)."""
 
     def __init__(
         self,
@@ -22,12 +63,26 @@ class Readout(nn.Module):
         channels: int,
         hidden: list[int],
         dtype: torch.dtype | None = None,
+        heads: int = 1,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         if Irrep(0, 1) not in irreps:
             raise ValueError("a readout needs even scalars (0e) among the features")
         self.scalar_index = sum(ir.dim for ir in irreps[: irreps.index(Irrep(0, 1))])
-        self.mlp = MLP([channels, *hidden, 1], dtype)
+        self.num_heads = heads
+        sizes = [channels, *hidden, 1]
+        if heads == 1 and not bias:
+            self.mlp: MLP | None = MLP(sizes, dtype)
+            self.heads_mlp: HeadMLP | None = None
+        else:
+            self.mlp = None
+            self.heads_mlp = HeadMLP(sizes, heads, bias, dtype)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.mlp(h[:, :, self.scalar_index]).squeeze(-1)
+        x = h[:, :, self.scalar_index]
+        if self.mlp is not None:
+            return self.mlp(x).squeeze(-1)
+        assert self.heads_mlp is not None
+        out = self.heads_mlp(x)
+        return out.squeeze(-1) if self.num_heads == 1 else out

@@ -27,7 +27,7 @@ from functools import cache
 from typing import NamedTuple
 
 from openmace.model.config import MACEConfig
-from openmace.o3 import Irrep, spherical_harmonics_irreps
+from openmace.o3 import FeatureIrreps, Irrep, spherical_harmonics_irreps
 
 Shape = tuple[int, ...]
 
@@ -103,7 +103,7 @@ def layers(config: MACEConfig) -> list[Layer]:
     for t, correlation in enumerate(config.correlations):
         first, last = t == 0, t == config.num_interactions - 1
         irreps_out = features.scalars().irreps if last else features.irreps
-        residual = config.residual_first or not first
+        residual = config.residual_first or not first or config.interaction_of(t) == "nonlinear"
         irreps_a = a_feature_irreps(config, first)
         out.append(Layer(irreps_in, irreps_a, irreps_out, residual, correlation))
         irreps_in = irreps_out
@@ -131,47 +131,116 @@ def _linear(
     return {f"{prefix}.weights.{i}": (size[ir], c_out) for i, ir in enumerate(present)}
 
 
+def _layer_norm_mlp(prefix: str, sizes: list[int]) -> dict[str, Shape]:
+    out = _mlp(prefix, sizes)
+    pairs = list(zip(sizes, sizes[1:]))
+    for i, (_, b) in enumerate(pairs):
+        out[f"{prefix}.biases.{i}"] = (b,)
+        if i < len(pairs) - 1:
+            out[f"{prefix}.norm_weights.{i}"] = (b,)
+            out[f"{prefix}.norm_biases.{i}"] = (b,)
+    return out
+
+
+def _edge_features(config: MACEConfig, first: bool, irreps_in, c: int):
+    """Irreps and channels sent along edges (as :func:`openmace.model.mace.edge_features`)."""
+    if config.edge_irreps is None or (first and not config.edge_irreps_first):
+        return tuple(irreps_in), c
+    edge = FeatureIrreps.parse(config.edge_irreps)
+    return ((Irrep(0, 1),) if first else tuple(edge.irreps)), edge.channels
+
+
 def expected_shapes(config: MACEConfig) -> dict[str, Shape]:
     """Name → shape of every entry of ``MACE(config).state_dict()`` (file format 3), in closed
     form: nothing is built. Contraction weights are ``[elements, coupling trees, channels]``."""
     c, e = config.features.channels, len(config.atomic_numbers)
+    heads = len(config.heads)
     irreps_sh = tuple(spherical_harmonics_irreps(config.max_ell))
     shapes: dict[str, Shape] = {
-        "atomic_energies": (e,),
+        "atomic_energies": (e,) if heads == 1 else (heads, e),
         "embedding": (e, c),
         "radial.bessel.frequencies": (config.num_bessel,),
     }
+    if config.distance_transform == "agnesi":
+        shapes.update({f"distance_transform.{n}": () for n in ("q", "p", "a")})
+    elif config.distance_transform == "soft":
+        shapes["distance_transform.alpha"] = ()
+    if config.embedding_specs is not None:
+        specs = list(config.embedding_specs.values())
+        for k, spec in enumerate(specs):
+            shapes[f"joint_embedding.tables.{k}"] = (spec["num_classes"], spec["emb_dim"])
+        shapes["joint_embedding.projection"] = (sum(s["emb_dim"] for s in specs), c)
+    if config.embedding_readout:
+        shapes["embedding_readout"] = (c, heads)
     if config.pair_repulsion:
         shapes["pair_repulsion.a_exp"] = ()
         shapes["pair_repulsion.a_prefactor"] = ()
     all_layers = layers(config)
     for t, layer in enumerate(all_layers):
         prefix = f"interactions.{t}"
+        kind = config.interaction_of(t)
+        irreps_edge, ce = _edge_features(config, t == 0, layer.irreps_in, c)
         shapes.update(
-            _linear(f"{prefix}.linear_up", [(c, ir) for ir in layer.irreps_in], layer.irreps_in, c)
+            _linear(f"{prefix}.linear_up", [(c, ir) for ir in layer.irreps_in], irreps_edge, ce)
         )
-        paths = _tensor_product_paths(layer.irreps_in, irreps_sh, layer.irreps_a)
-        radial = [config.num_bessel, *config.radial_mlp, sum(paths.values()) * c]
-        shapes.update(_mlp(f"{prefix}.messages.radial_mlp", radial))
-        mid = [(n * c, ir) for ir, n in sorted(paths.items(), key=lambda kv: (kv[0].l, kv[0].p))]
-        shapes.update(_linear(f"{prefix}.linear", mid, layer.irreps_a, c))
-        skip_in = layer.irreps_in if layer.residual else layer.irreps_a
-        skip_out = layer.irreps_out if layer.residual else layer.irreps_a
-        skip = _linear(f"{prefix}.skip", [(c, ir) for ir in skip_in], skip_out, c)
-        shapes.update({name: (e, c, c) for name in skip})
+        paths = _tensor_product_paths(irreps_edge, irreps_sh, layer.irreps_a)
+        mid = [(n * ce, ir) for ir, n in sorted(paths.items(), key=lambda kv: (kv[0].l, kv[0].p))]
+        if kind != "nonlinear":
+            radial = [config.num_bessel, *config.radial_mlp, sum(paths.values()) * ce]
+            shapes.update(_mlp(f"{prefix}.messages.radial_mlp", radial))
+            if kind == "density":
+                shapes[f"{prefix}.density.weights.0"] = (config.num_bessel, 1)
+            shapes.update(_linear(f"{prefix}.linear", mid, layer.irreps_a, c))
+            skip_in = layer.irreps_in if layer.residual else layer.irreps_a
+            skip_out = layer.irreps_out if layer.residual else layer.irreps_a
+            skip = _linear(f"{prefix}.skip", [(c, ir) for ir in skip_in], skip_out, c)
+            shapes.update({name: (e, c, c) for name in skip})
+            continue
+        radial_in = config.num_bessel + 2 * c
+        radial = [radial_in, *config.radial_mlp, sum(paths.values()) * ce]
+        shapes.update(_layer_norm_mlp(f"{prefix}.messages.radial_mlp", radial))
+        shapes.update(_layer_norm_mlp(f"{prefix}.density", [radial_in, 64, 1]))
+        gated = layer.irreps_a[1:]
+        scalar = (Irrep(0, 1),)
+        edge_blocks = [(ce, ir) for ir in irreps_edge]
+        wide = c * (1 + len(gated))
+        shapes[f"{prefix}.source_embedding"] = (e, c)
+        shapes[f"{prefix}.target_embedding"] = (e, c)
+        shapes.update(_linear(f"{prefix}.linear_scalars", mid, scalar, wide))
+        shapes.update(_linear(f"{prefix}.linear_gated", mid, gated, c))
+        shapes.update(_linear(f"{prefix}.residual_scalars", edge_blocks, scalar, wide))
+        shapes.update(_linear(f"{prefix}.residual_gated", edge_blocks, gated, c))
+        blocks = [(c, ir) for ir in layer.irreps_a]
+        shapes.update(_linear(f"{prefix}.linear_out", blocks, layer.irreps_a, c))
+        blocks = [(c, ir) for ir in layer.irreps_in]
+        shapes.update(_linear(f"{prefix}.plain_skip", blocks, layer.irreps_out, c))
+        shapes[f"{prefix}.alpha"] = ()
+        shapes[f"{prefix}.beta"] = ()
+    product_elements = 1 if config.agnostic_product else e
     for t, layer in enumerate(all_layers):
         prefix = f"products.{t}"
         for j, ir in enumerate(layer.irreps_out):
             for nu in range(1, layer.correlation + 1):
                 if basis_size(layer.irreps_a, ir, nu) > 0:
                     trees = tree_count(layer.irreps_a, ir, nu)
-                    shapes[f"{prefix}.contraction.weights.{j}_{nu}"] = (e, trees, c)
+                    shapes[f"{prefix}.contraction.weights.{j}_{nu}"] = (product_elements, trees, c)
         blocks = [(c, ir) for ir in layer.irreps_out]
         shapes.update(_linear(f"{prefix}.linear", blocks, layer.irreps_out, c))
     for t in range(len(all_layers)):
         mlp_readout = t == len(all_layers) - 1 and len(all_layers) > 1
         hidden = config.readout_mlp if mlp_readout else []
-        shapes.update(_mlp(f"readouts.{t}.mlp", [c, *hidden, 1]))
+        bias = mlp_readout and config.readout_bias
+        if bias:
+            hidden = [config.readout_mlp[0]] * 2
+        sizes = [c, *hidden, 1]
+        if heads == 1 and not bias:
+            shapes.update(_mlp(f"readouts.{t}.mlp", sizes))
+            continue
+        pairs = list(zip(sizes, sizes[1:]))
+        for i, (a, b) in enumerate(pairs):
+            shapes[f"readouts.{t}.heads_mlp.weights.{i}"] = (heads, a, b)
+            if bias and i > 0:
+                shapes[f"readouts.{t}.heads_mlp.biases.{i - 1}"] = (heads, b)
     return shapes
 
 
