@@ -47,33 +47,35 @@ def test_parity_batched(name, parity_dirs):
     assert ((out["energy"] - expected).abs() / sizes).max().item() < 1e-9
 
 
-def test_sign_convention_matters_for_mixed_parity_models(parity_dirs, monkeypatch):
-    """Without the e3nn 0.4.4 sign table, a model with odd-parity hidden irreps (fixture p4)
-    converts to wrong forces: the fixtures really exercise the sign convention. (The effect is
-    small, ~2e-7 eV/Å here, because the non-natural-parity features are small in this model.)"""
-    import openmace.io.mace_torch as conversion
+def test_sign_convention_matters_for_mixed_parity_models(parity_dirs):
+    """A model with odd-parity hidden irreps (fixture p4) has paths whose Clebsch-Gordan sign
+    differs between e3nn versions. The converter reads the signs from the coefficients e3nn
+    stored in the file: flipping those gives wrong forces (the fixture exercises the signs;
+    the effect is ~2e-7 eV/Å here, the non-natural-parity features being small), and without
+    them the e3nn 0.4.4 table gives the right model."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from openmace.io.mace_torch import model_from_mace_torch
 
     folder = parity_dirs["p4_mixed_parity_zbl"]
-    model = load_mace_torch(folder)
-    flipped = [
-        path
-        for inter in model.interactions
-        for path in inter.messages.tensor_product.paths
-        if conversion.e3nn_044_sign(
-            inter.irreps_in[path[0]].l,
-            inter.messages.tensor_product.irreps_sh[path[1]].l,
-            path[2].l,
-        )
-        < 0
-    ]
-    assert flipped
-    monkeypatch.setattr(conversion, "e3nn_044_sign", lambda *_: 1)
-    wrong = load_mace_torch(folder)
-    worst = 0.0
-    for atoms, ref in zip(read(folder / "structures.xyz", ":"), load_reference(folder)):
-        forces = wrong(batch_atoms([atoms], wrong.config.r_max))["forces"]
-        worst = max(worst, (forces - torch.tensor(ref["forces"])).abs().max().item())
-    assert worst > 1e-8  # fails the parity tolerance without the sign table
+    cfg = json.loads((folder / "config.json").read_text())
+    state = load_file(str(folder / "weights.safetensors"))
+    stored = [k for k in state if "_w3j_" in k]
+    assert any(k.endswith(("_w3j_1_2_2", "_w3j_2_1_2", "_w3j_2_2_1")) for k in stored)
+
+    def worst(model) -> float:
+        out = 0.0
+        for atoms, ref in zip(read(folder / "structures.xyz", ":"), load_reference(folder)):
+            forces = model(batch_atoms([atoms], model.config.r_max))["forces"]
+            out = max(out, (forces - torch.tensor(ref["forces"])).abs().max().item())
+        return out
+
+    flipped = {k: (-v if k in stored else v) for k, v in state.items()}
+    assert worst(model_from_mace_torch(cfg, flipped)) > 1e-8
+    without = {k: v for k, v in state.items() if k not in stored}
+    assert worst(model_from_mace_torch(cfg, without)) < 1e-9
 
 
 def test_float32_mace_torch_model_converts(parity_dirs, tmp_path):

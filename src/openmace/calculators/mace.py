@@ -129,6 +129,16 @@ class MACECalculator(Calculator):
         self.heads = list(loaded.config.heads)
         return for_inference(single_head(loaded, self.head), self.implementation)
 
+    def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's changes, plus a change of ``info["charge"]``/``["spin"]`` for models that
+        embed them (ASE does not compare ``info``)."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and any(m.embedding_inputs for m in self.models):
+            keys = ("charge", "spin")
+            if [atoms.info.get(k) for k in keys] != [self.atoms.info.get(k) for k in keys]:
+                changes.append("info")
+        return changes
+
     def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties or ["energy"], system_changes)
         self.results = {}

@@ -270,7 +270,10 @@ def _config(cfg: dict, state: StateDict) -> MACEConfig:
     else:
         transform = None
     stated_transform = _none(cfg.get("distance_transform"))
-    if stated_transform is not None and str(stated_transform).lower() != transform:
+    stated_none = "distance_transform" in cfg and stated_transform is None
+    if (stated_none and transform is not None) or (
+        stated_transform is not None and str(stated_transform).lower() != transform
+    ):
         raise ConversionError(
             f"config.json says distance_transform={stated_transform} but the weights hold "
             f"{'no transform' if transform is None else transform}"
@@ -341,16 +344,29 @@ def _config(cfg: dict, state: StateDict) -> MACEConfig:
         raise ConversionError(f"not representable in openmace: {err}") from err
 
 
-def _linear_weights(flat: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
+def _linear_weights(
+    flat: torch.Tensor, shapes: list[tuple[int, ...]], name: str = "weight"
+) -> list[torch.Tensor]:
     """Split e3nn's flat Linear/TensorProduct weight into per-instruction matrices."""
+    expected = sum(math.prod(shape) for shape in shapes)
+    if flat.numel() != expected:
+        raise ConversionError(f"{name} holds {flat.numel()} numbers, this model needs {expected}")
     out, start = [], 0
     for shape in shapes:
         size = math.prod(shape)
-        out.append(flat[start : start + size].reshape(shape))
+        out.append(flat.reshape(-1)[start : start + size].reshape(shape))
         start += size
-    if start != flat.numel():
-        raise ConversionError(f"weight of {flat.numel()} numbers, expected {start}")
     return out
+
+
+def _shaped(state: StateDict, key: str, *shape: int) -> torch.Tensor:
+    """An entry as float64 of ``shape`` (an error naming it when its size differs)."""
+    value = state.get(key).to(torch.float64)
+    if value.numel() != math.prod(shape):
+        raise ConversionError(
+            f"{key} holds {value.numel()} numbers, this model needs {math.prod(shape)}"
+        )
+    return value.reshape(shape)
 
 
 def _symmetrised_polynomial(u: torch.Tensor, irrep: Irrep, nu: int, dim: int) -> torch.Tensor:
@@ -429,7 +445,7 @@ def _e3nn_linear(state: StateDict, key: str, linear, c_in_of=None) -> None:
         (linear.irreps_in[i][0], w.shape[1]) for (i, _), w in zip(linear.paths, linear.weights)
     ]
     order = sorted(range(len(blocks)), key=lambda k: linear.paths[k][0])
-    parts = _linear_weights(state.get(key), [blocks[k] for k in order])
+    parts = _linear_weights(state.get(key), [blocks[k] for k in order], key)
     for k, value in zip(order, parts):
         _set(linear.weights[k], value, key)
 
@@ -444,7 +460,7 @@ def _mid_linears(state: StateDict, key: str, tp, targets: list, c_edge: int) -> 
             if ir3 in linear.irreps_out:
                 shapes.append((c_edge, linear.channels_out))
                 owners.append((t, ir3))
-    parts = _linear_weights(state.get(key), shapes)
+    parts = _linear_weights(state.get(key), shapes, key)
     for t, linear in enumerate(targets):
         for k, (_, j) in enumerate(linear.paths):
             ir = linear.irreps_out[j]
@@ -536,7 +552,8 @@ def _convert_interaction(state: StateDict, t: int, inter, num_el: int, ratios: d
         skip = inter.skip
         shapes = [(w.shape[1], num_el, w.shape[2]) for w in skip.weights]
         for w, value in zip(
-            skip.weights, _linear_weights(state.get(f"{p}.skip_tp.weight"), shapes)
+            skip.weights,
+            _linear_weights(state.get(f"{p}.skip_tp.weight"), shapes, f"{p}.skip_tp.weight"),
         ):
             _set(w, value.permute(1, 0, 2), f"{p}.skip_tp.weight")
         return
@@ -546,7 +563,7 @@ def _convert_interaction(state: StateDict, t: int, inter, num_el: int, ratios: d
         ("source_embedding", inter.source_embedding),
         ("target_embedding", inter.target_embedding),
     ):
-        _set(ours, state.get(f"{p}.{name}.weight").to(torch.float64).reshape(num_el, c))
+        _set(ours, _shaped(state, f"{p}.{name}.weight", num_el, c))
     _mid_linears(
         state, f"{p}.linear_1.weight", tp, [inter.linear_scalars, inter.linear_gated], c_edge
     )
@@ -574,7 +591,7 @@ def _edge_linears(state: StateDict, key: str, targets: list) -> None:
                 if ii == i:
                     shapes.append((mul, linear.channels_out))
                     owners.append((t, k))
-    for (t, k), value in zip(owners, _linear_weights(state.get(key), shapes)):
+    for (t, k), value in zip(owners, _linear_weights(state.get(key), shapes, key)):
         _set(targets[t].weights[k], value, key)
 
 
@@ -606,7 +623,7 @@ def model_from_mace_torch(
         )
     )
     with torch.no_grad():
-        _set(model.embedding, weights.get("node_embedding.linear.weight").reshape(num_el, c))
+        _set(model.embedding, _shaped(weights, "node_embedding.linear.weight", num_el, c))
         freq = weights.get("radial_embedding.bessel_fn.bessel_weights")
         _set(model.radial.bessel.frequencies, freq.to(torch.float64))
         r_max = torch.tensor(config.r_max, dtype=torch.float64)
@@ -663,7 +680,7 @@ def model_from_mace_torch(
         if model.embedding_readout is not None:
             _set(
                 model.embedding_readout,
-                weights.get("embedding_readout.linear.weight").reshape(c, -1).to(torch.float64),
+                _shaped(weights, "embedding_readout.linear.weight", c, model.num_heads),
             )
         for t, (inter, prod, readout) in enumerate(
             zip(model.interactions, model.products, model.readouts)
@@ -676,7 +693,11 @@ def model_from_mace_torch(
                 )
             for w, value in zip(
                 prod.linear.weights,
-                _linear_weights(weights.get(f"{q}.linear.weight"), [(c, c)] * len(prod.irreps_out)),
+                _linear_weights(
+                    weights.get(f"{q}.linear.weight"),
+                    [(c, c)] * len(prod.irreps_out),
+                    f"{q}.linear.weight",
+                ),
             ):
                 _set(w, value)
             _convert_readout(weights, f"readouts.{t}", readout, c, model.num_heads, ratios["silu"])
@@ -688,28 +709,27 @@ def _convert_readout(state: StateDict, r: str, readout, c: int, heads: int, rati
     """Linear readouts ``[c → heads]``; the MLP readout's wide layers (``heads · h`` units,
     masked per head) as one MLP per head: the diagonal blocks."""
     if f"{r}.linear.weight" in state:
-        w = state.get(f"{r}.linear.weight").to(torch.float64).reshape(c, heads)
+        w = _shaped(state, f"{r}.linear.weight", c, heads)
         if readout.mlp is not None:
             _set(readout.mlp.weights[0], w)
         else:
             _set(readout.heads_mlp.weights[0], w.T.reshape(heads, c, 1))
         return
-    w1 = state.get(f"{r}.linear_1.weight").to(torch.float64)
-    h = w1.numel() // (c * heads)
-    w1 = w1.reshape(c, heads, h).permute(1, 0, 2)  # [heads, c, h]
+    h = (readout.mlp if readout.mlp is not None else readout.heads_mlp).sizes[1]
+    w1 = _shaped(state, f"{r}.linear_1.weight", c, heads, h).permute(1, 0, 2)  # [heads, c, h]
     layers = [w1]
     biases = []
     if f"{r}.linear_mid.weight" in state:
-        mid = state.get(f"{r}.linear_mid.weight").to(torch.float64).reshape(heads, h, heads, h)
+        mid = _shaped(state, f"{r}.linear_mid.weight", heads, h, heads, h)
         # e3nn normalises by the full fan-in (heads · h); ours per head (h)
         scale = (heads * h) ** -0.5 / h**-0.5
         layers.append(torch.stack([mid[k, :, k, :] for k in range(heads)]) * ratio * scale)
-        biases.append(state.get(f"{r}.linear_mid.bias").to(torch.float64).reshape(heads, h))
-    w2 = state.get(f"{r}.linear_2.weight").to(torch.float64).reshape(heads, h, heads)
+        biases.append(_shaped(state, f"{r}.linear_mid.bias", heads, h))
+    w2 = _shaped(state, f"{r}.linear_2.weight", heads, h, heads)
     scale = (heads * h) ** -0.5 / h**-0.5
     layers.append(torch.stack([w2[k, :, k] for k in range(heads)]).unsqueeze(-1) * ratio * scale)
     if f"{r}.linear_2.bias" in state and state.state[f"{r}.linear_2.bias"].numel() > 0:
-        biases.append(state.get(f"{r}.linear_2.bias").to(torch.float64).reshape(heads, 1))
+        biases.append(_shaped(state, f"{r}.linear_2.bias", heads, 1))
     if readout.mlp is not None:
         for w, value in zip(readout.mlp.weights, layers):
             _set(w, value[0], r)
