@@ -196,3 +196,42 @@ def test_evaluation_runs_on_a_frozen_copy_and_leaves_the_model_alone():
     assert list(state) == list(frozen_state)
     assert all(torch.equal(state[k], frozen_state[k]) for k in state)
     assert all(state[k].data_ptr() != frozen_state[k].data_ptr() for k in state)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(interaction="density", interaction_first="standard", distance_transform="agnesi"),
+        dict(
+            interaction="nonlinear",
+            distance_transform="soft",
+            apply_cutoff=False,
+            edge_irreps="3x0e+3x1o",
+            edge_irreps_first=True,
+            agnostic_product=True,
+            readout_bias=True,
+            pair_repulsion=True,
+        ),
+    ],
+    ids=["density-agnesi", "nonlinear-all-options"],
+)
+def test_foundation_model_options_train(tmp_path, options):
+    """The blocks of the foundation models are training options too: the loss goes down and
+    the saved model gives the trained model's numbers through the inference path."""
+    from openmace.data.graph import batch_atoms
+
+    data = write_xyz(tmp_path / "train.xyz", molecules(16))
+    config = make_config(tmp_path, data, epochs=4, lr=0.01, **options)
+    trainer = Trainer(config, progress=False)
+    trainer.setup()
+    trainer.run()
+    losses = [h["train_loss"] for h in trainer.history]
+    assert losses[-1] < losses[0]
+    result = trainer.finish()
+    saved = load_model(result.model_path)
+    for name, value in options.items():
+        assert getattr(saved.config, name) == value
+    graph = batch_atoms(molecules(1, seed=3), saved.config.r_max)
+    expected = trainer.model.to(torch.float64)(graph)["energy"].detach()
+    got = for_inference(saved)(graph)["energy"]
+    assert torch.allclose(got, expected, rtol=0, atol=1e-9)

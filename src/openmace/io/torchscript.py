@@ -9,7 +9,10 @@ The exported module needs only PyTorch (``torch.jit.load``): no openmace, e3nn o
     compute_stress (bool)
 
 and returns a dict: ``energy`` [1] (eV), ``node_energy`` [n] (eV), ``forces`` [n, 3] (eV/Å) and,
-with ``compute_stress``, ``stress`` [1, 3, 3] (eV/Å³) and ``virials`` [1, 3, 3] (eV). The caller
+with ``compute_stress``, ``stress`` [1, 3, 3] (eV/Å³) and ``virials`` [1, 3, 3] (eV). Models that
+embed the total charge and spin (MACE-OMOL) also take ``total_charge`` [1] (e) and
+``total_spin`` [1] (multiplicity 2S+1); a multi-head model is exported one head at a time
+(``openmace export --head``). The caller
 builds the neighbour list with the cutoff stored in the file (all pairs closer than ``r_max``,
 both directions, no self-pairs); the metadata is in the extra file ``metadata.json``
 (``torch.jit.load(path, _extra_files={"metadata.json": ""})``).
@@ -51,6 +54,8 @@ class _SingleStructure(nn.Module):
         edge_index: torch.Tensor,
         unit_shifts: torch.Tensor,
         compute_stress: bool = False,
+        total_charge: torch.Tensor | None = None,
+        total_spin: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         dtype = self.model.atomic_energies.dtype
         device = self.model.atomic_energies.device
@@ -67,6 +72,9 @@ class _SingleStructure(nn.Module):
             True,
             compute_stress,
             False,
+            None,
+            None if total_charge is None else total_charge.to(device=device, dtype=dtype),
+            None if total_spin is None else total_spin.to(device=device, dtype=dtype),
         )
         return {key: value.detach() for key, value in out.items()}
 
@@ -90,12 +98,23 @@ def export_metadata(model: MACE) -> dict[str, Any]:
             "edge_index",
             "unit_shifts",
             "compute_stress",
+            "total_charge",
+            "total_spin",
         ],
+        # per-structure inputs the model needs ([1] tensors: charge in e, spin multiplicity)
+        "required_inputs": list(cfg.embedding_specs or {}),
+        "head": cfg.heads[0],
     }
 
 
 def script_model(model: MACE) -> torch.jit.ScriptModule:
     """A TorchScript module computing energy and forces of one structure (model unchanged)."""
+    heads = model.config.heads
+    if len(heads) > 1:
+        raise ValueError(
+            f"a multi-head model is exported one head at a time (heads: {heads}): "
+            "openmace.model.heads.single_head(model, name), or openmace export --head NAME"
+        )
     frozen = for_inference(model, "reference")
     with warnings.catch_warnings():
         # PyTorch 2.13 marks torch.jit.script deprecated in favour of torch.export; TorchScript
