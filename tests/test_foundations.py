@@ -394,3 +394,25 @@ def test_dispersion_adds_d3(model_file):
     np.testing.assert_allclose(
         summed.get_forces(atoms), plain.get_forces(atoms) + d3.get_forces(atoms), atol=1e-9
     )
+
+
+def test_mace_omol_downloads_a_mace_torch_file_and_matches_mace_torch(server, monkeypatch):
+    """The published name of MACE-OMOL, served (as a mace-torch look-alike .model) by the local
+    server: downloaded, read without running its code, converted, and equal to mace-torch's
+    numbers with the charge and spin of each structure."""
+    import lzma
+
+    import ase.io
+
+    folder = Path(__file__).parent / "fixtures" / "foundation" / "omol"
+    base, handler, _ = server
+    name = fm.URLS["omol"]["extra_large"].rsplit("/", 1)[1]
+    handler.files[name] = lzma.decompress((folder / "model.model.xz").read_bytes())
+    _mirror(monkeypatch, base)
+    calc = mace_omol()
+    assert calc.dtype == torch.float64
+    reference = json.loads((folder / "reference.json").read_text())["heads"]["omol"]
+    frames = ase.io.read(folder / "structures.xyz", index=":")
+    for atoms, ref in zip(frames, reference["structures"]):
+        atoms.calc = calc
+        assert atoms.get_potential_energy() == pytest.approx(ref["energy"], abs=1e-9 * len(atoms))
