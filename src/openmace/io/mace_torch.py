@@ -497,17 +497,7 @@ def _convert_radial_mlp(state: StateDict, prefix: str, messages, ratio: float) -
     tp, mlp, c = messages.tensor_product, messages.radial_mlp, messages.channels
     signs = _radial_signs(tp, state, prefix.rsplit(".", 1)[0])
     if f"{prefix}.net.0.weight" in state:  # LayerNorm MLP: Linear, LayerNorm, SiLU, ...
-        for i in range(mlp.num_layers):
-            w = state.get(f"{prefix}.net.{3 * i}.weight").to(torch.float64).T
-            b = state.get(f"{prefix}.net.{3 * i}.bias").to(torch.float64)
-            if i == mlp.num_layers - 1:
-                w = (w.reshape(w.shape[0], -1, c) * signs[None, :, None]).reshape(w.shape[0], -1)
-                b = (b.reshape(-1, c) * signs[:, None]).reshape(-1)
-            else:
-                _set(mlp.norm_weights[i], state.get(f"{prefix}.net.{3 * i + 1}.weight"))
-                _set(mlp.norm_biases[i], state.get(f"{prefix}.net.{3 * i + 1}.bias"))
-            _set(mlp.weights[i], w, f"{prefix}.net.{3 * i}.weight")
-            _set(mlp.biases[i], b, f"{prefix}.net.{3 * i}.bias")
+        _convert_layernorm_mlp(state, prefix, mlp, signs, c)
         return
     for i in range(mlp.num_layers):
         value = state.get(f"{prefix}.layer{i}.weight").to(torch.float64) * (ratio if i > 0 else 1.0)
@@ -518,13 +508,22 @@ def _convert_radial_mlp(state: StateDict, prefix: str, messages, ratio: float) -
         _set(mlp.weights[i], value, f"{prefix}.layer{i}.weight")
 
 
-def _convert_layernorm_mlp(state: StateDict, prefix: str, mlp) -> None:
-    for i in range(mlp.num_layers):
-        _set(mlp.weights[i], state.get(f"{prefix}.net.{3 * i}.weight").to(torch.float64).T)
-        _set(mlp.biases[i], state.get(f"{prefix}.net.{3 * i}.bias"))
-        if i < mlp.num_layers - 1:
-            _set(mlp.norm_weights[i], state.get(f"{prefix}.net.{3 * i + 1}.weight"))
-            _set(mlp.norm_biases[i], state.get(f"{prefix}.net.{3 * i + 1}.bias"))
+def _convert_layernorm_mlp(
+    state: StateDict, prefix: str, mlp, signs: torch.Tensor | None = None, c: int = 1
+) -> None:
+    """mace-torch's ``RadialMLP`` (``net.{3i}`` Linear, ``net.{3i+1}`` LayerNorm); ``signs``
+    per tensor-product path fold the Clebsch-Gordan signs into the last layer's columns."""
+    for i, layer in enumerate(mlp.layers):
+        w = state.get(f"{prefix}.net.{3 * i}.weight").to(torch.float64).T
+        b = state.get(f"{prefix}.net.{3 * i}.bias").to(torch.float64)
+        if i == mlp.num_layers - 1 and signs is not None:
+            w = (w.reshape(w.shape[0], -1, c) * signs[None, :, None]).reshape(w.shape[0], -1)
+            b = (b.reshape(-1, c) * signs[:, None]).reshape(-1)
+        _set(layer.weight, w, f"{prefix}.net.{3 * i}.weight")
+        _set(layer.bias, b, f"{prefix}.net.{3 * i}.bias")
+        if layer.hidden:
+            _set(layer.norm_weight, state.get(f"{prefix}.net.{3 * i + 1}.weight"))
+            _set(layer.norm_bias, state.get(f"{prefix}.net.{3 * i + 1}.bias"))
 
 
 def _check_constant(state: StateDict, key: str, expected: torch.Tensor, what: str) -> None:
@@ -713,7 +712,7 @@ def _convert_readout(state: StateDict, r: str, readout, c: int, heads: int, rati
         if readout.mlp is not None:
             _set(readout.mlp.weights[0], w)
         else:
-            _set(readout.heads_mlp.weights[0], w.T.reshape(heads, c, 1))
+            _set(readout.heads_mlp.layers[0].weight, w.T.reshape(heads, c, 1))
         return
     h = (readout.mlp if readout.mlp is not None else readout.heads_mlp).sizes[1]
     w1 = _shaped(state, f"{r}.linear_1.weight", c, heads, h).permute(1, 0, 2)  # [heads, c, h]
@@ -734,10 +733,10 @@ def _convert_readout(state: StateDict, r: str, readout, c: int, heads: int, rati
         for w, value in zip(readout.mlp.weights, layers):
             _set(w, value[0], r)
         return
-    for w, value in zip(readout.heads_mlp.weights, layers):
-        _set(w, value, r)
-    for b, value in zip(readout.heads_mlp.biases, biases):
-        _set(b, value, r)
+    for layer, value in zip(readout.heads_mlp.layers, layers):
+        _set(layer.weight, value, r)
+    for layer, value in zip(readout.heads_mlp.layers[1:], biases):
+        _set(layer.bias, value, r)
 
 
 def load_mace_torch(source: str | Path, dtype: torch.dtype = torch.float64) -> MACE:

@@ -64,9 +64,10 @@ def single_head(model: MACE, head: str | int | None = None) -> MACE:
         state[name] = value
     target = out.state_dict()
     for name in list(state):
-        if name not in target and ".heads_mlp.weights." in name:  # plain MLP of one head
-            plain = name.replace(".heads_mlp.", ".mlp.")
-            state[plain] = state.pop(name)[0]
+        if name not in target and ".heads_mlp.layers." in name:  # plain MLP of one head
+            prefix, rest = name.split(".heads_mlp.layers.")
+            layer = rest.split(".")[0]
+            state[f"{prefix}.mlp.weights.{layer}"] = state.pop(name)[0]
     out.load_state_dict(state)
     out.provenance = dict(getattr(model, "provenance", {}) or {})
     out.provenance["head"] = config.heads[index]

@@ -322,6 +322,7 @@ class InteractionBlock(nn.Module):
         mid = self.messages.tensor_product.split_mid(pooled)
         density = self._density(radial, cutoff, receiver, num_nodes, num_edges)
         if self.gate is not None:
+            assert density is not None  # the nonlinear block has an edge density
             denominator = (density * self.beta + self.alpha).view(-1, 1)
             edge_blocks = x.split(self.dims_edge, dim=-1)
             scalars = self.linear_scalars(mid).squeeze(-1) / denominator

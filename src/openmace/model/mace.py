@@ -461,8 +461,11 @@ class MACE(nn.Module):
             if value is None:
                 key = "charge" if name == "total_charge" else "spin"
                 raise ValueError(
-                    f"this model needs each structure's {name} (ASE: atoms.info[{key!r}]; "
-                    "spin as the multiplicity 2S+1)"
+                    "this model needs each structure's "
+                    + name
+                    + " (ASE: atoms.info['"
+                    + key
+                    + "']; spin as the multiplicity 2S+1)"
                 )
             inputs.append(value.reshape(num_graphs))
         return inputs

@@ -215,6 +215,26 @@ def distance_transform(name: str | None, dtype: torch.dtype | None = None) -> nn
     return {"agnesi": AgnesiTransform, "soft": SoftTransform}[name](dtype=dtype)
 
 
+class _Layer(nn.Module):
+    """``x W + b``, then (hidden layers) LayerNorm and SiLU."""
+
+    def __init__(self, a: int, b: int, hidden: bool, dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(a, b, dtype=dtype) * a**-0.5)
+        self.bias = nn.Parameter(torch.zeros(b, dtype=dtype))
+        self.hidden = hidden
+        self.norm_weight = nn.Parameter(torch.ones(b, dtype=dtype)) if hidden else None
+        self.norm_bias = nn.Parameter(torch.zeros(b, dtype=dtype)) if hidden else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.addmm(self.bias, x, self.weight)
+        weight, bias = self.norm_weight, self.norm_bias
+        if weight is not None and bias is not None:
+            x = torch.nn.functional.layer_norm(x, (weight.shape[0],), weight, bias, 1e-5)
+            x = torch.nn.functional.silu(x)
+        return x
+
+
 class LayerNormMLP(nn.Module):
     """``Linear(+bias) → LayerNorm → SiLU → ... → Linear(+bias)`` (plain SiLU, no
     normalisation; weights ``[in, out]``, used as ``x W + b``): the radial MLP of the nonlinear
@@ -225,27 +245,12 @@ class LayerNormMLP(nn.Module):
         super().__init__()
         self.sizes = list(sizes)
         pairs = list(zip(sizes[:-1], sizes[1:]))
-        self.weights = nn.ParameterList(
-            [nn.Parameter(torch.randn(a, b, dtype=dtype) * a**-0.5) for a, b in pairs]
-        )
-        self.biases = nn.ParameterList(
-            [nn.Parameter(torch.zeros(b, dtype=dtype)) for _, b in pairs]
-        )
-        self.norm_weights = nn.ParameterList(
-            [nn.Parameter(torch.ones(b, dtype=dtype)) for _, b in pairs[:-1]]
-        )
-        self.norm_biases = nn.ParameterList(
-            [nn.Parameter(torch.zeros(b, dtype=dtype)) for _, b in pairs[:-1]]
+        self.layers = nn.ModuleList(
+            [_Layer(a, b, i < len(pairs) - 1, dtype) for i, (a, b) in enumerate(pairs)]
         )
         self.num_layers = len(pairs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = self.num_layers - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.addmm(b, x, w)
-            if i < last:
-                x = torch.nn.functional.layer_norm(
-                    x, (w.shape[1],), self.norm_weights[i], self.norm_biases[i], 1e-5
-                )
-                x = torch.nn.functional.silu(x)
+        for layer in self.layers:
+            x = layer(x)
         return x

@@ -19,6 +19,29 @@ from openmace.model.radial import MLP, NormalizedSiLU
 from openmace.o3 import Irrep
 
 
+class _HeadLayer(nn.Module):
+    """One layer of every head: ``[n, heads, a] → [n, heads, b]`` (``y = σ(x) W / √a + b``,
+    the activation before all but the first layer)."""
+
+    def __init__(
+        self, heads: int, a: int, b: int, activate: bool, bias: bool, dtype: torch.dtype | None
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(heads, a, b, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(heads, b, dtype=dtype)) if bias else None
+        self.activate = activate
+        self.act = NormalizedSiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activate:
+            x = self.act(x)
+        y = torch.einsum("nha,hab->nhb", x, self.weight) * self.weight.shape[1] ** -0.5
+        bias = self.bias
+        if bias is not None:
+            y = y + bias
+        return y
+
+
 class HeadMLP(nn.Module):
     """One MLP per head: ``[n, a] → [n, heads]`` (bias-free first layer, optional biases
     after it; SiLU normalised to unit second moment between layers)."""
@@ -29,24 +52,20 @@ class HeadMLP(nn.Module):
         super().__init__()
         self.sizes = list(sizes)
         pairs = list(zip(sizes[:-1], sizes[1:]))
-        self.weights = nn.ParameterList(
-            [nn.Parameter(torch.randn(heads, a, b, dtype=dtype)) for a, b in pairs]
-        )
-        self.biases = nn.ParameterList(
-            [nn.Parameter(torch.zeros(heads, b, dtype=dtype)) for _, b in pairs[1:]] if bias else []
-        )
-        self.act = NormalizedSiLU()
-        self.num_layers = len(pairs)
-        if bias and self.num_layers < 2:
+        if bias and len(pairs) < 2:
             raise ValueError("a biased readout needs a hidden layer")
+        self.layers = nn.ModuleList(
+            [
+                _HeadLayer(heads, a, b, i > 0, bias and i > 0, dtype)
+                for i, (a, b) in enumerate(pairs)
+            ]
+        )
+        self.num_heads = heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.einsum("na,hab->nhb", x, self.weights[0]) * self.weights[0].shape[1] ** -0.5
-        for i in range(1, self.num_layers):
-            w = self.weights[i]
-            y = torch.einsum("nha,hab->nhb", self.act(y), w) * w.shape[1] ** -0.5
-            if len(self.biases) > 0:
-                y = y + self.biases[i - 1]
+        y = x.unsqueeze(1).expand(-1, self.num_heads, -1)
+        for layer in self.layers:
+            y = layer(y)
         return y.squeeze(-1)
 
 

@@ -132,13 +132,14 @@ def _linear(
 
 
 def _layer_norm_mlp(prefix: str, sizes: list[int]) -> dict[str, Shape]:
-    out = _mlp(prefix, sizes)
+    out: dict[str, Shape] = {}
     pairs = list(zip(sizes, sizes[1:]))
-    for i, (_, b) in enumerate(pairs):
-        out[f"{prefix}.biases.{i}"] = (b,)
+    for i, (a, b) in enumerate(pairs):
+        out[f"{prefix}.layers.{i}.weight"] = (a, b)
+        out[f"{prefix}.layers.{i}.bias"] = (b,)
         if i < len(pairs) - 1:
-            out[f"{prefix}.norm_weights.{i}"] = (b,)
-            out[f"{prefix}.norm_biases.{i}"] = (b,)
+            out[f"{prefix}.layers.{i}.norm_weight"] = (b,)
+            out[f"{prefix}.layers.{i}.norm_bias"] = (b,)
     return out
 
 
@@ -238,9 +239,9 @@ def expected_shapes(config: MACEConfig) -> dict[str, Shape]:
             continue
         pairs = list(zip(sizes, sizes[1:]))
         for i, (a, b) in enumerate(pairs):
-            shapes[f"readouts.{t}.heads_mlp.weights.{i}"] = (heads, a, b)
+            shapes[f"readouts.{t}.heads_mlp.layers.{i}.weight"] = (heads, a, b)
             if bias and i > 0:
-                shapes[f"readouts.{t}.heads_mlp.biases.{i - 1}"] = (heads, b)
+                shapes[f"readouts.{t}.heads_mlp.layers.{i}.bias"] = (heads, b)
     return shapes
 
 
