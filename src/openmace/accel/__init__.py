@@ -18,7 +18,7 @@ reference (``openmace.model``)              swap (``openmace.accel``)
 ``SymmetricContraction`` (eq. 10-11)        :class:`~openmace.accel.contraction.CompiledContraction`
                                             (compiled kernel) or
                                             :class:`~openmace.accel.contraction.FrozenContraction`
-                                            (weights contracted once)
+                                            (each element's weights contracted on first use)
 ==========================================  ==================================================
 
 ``implementation``:

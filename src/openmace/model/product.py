@@ -10,8 +10,11 @@ with ``U`` the symmetric coupling basis of eq. 14 (:mod:`openmace.o3.coupling`) 
 atom); then each atom needs one small matrix product with its monomials. Monomials of degree
 ``ν`` are built from degree ``ν - 1`` by one multiplication each.
 
-:func:`openmace.accel.for_inference` swaps :class:`SymmetricContraction` for an implementation
-with the contracted weights computed once (and, on CPUs, a compiled kernel).
+Only the elements present in a call are contracted: a model of 89 elements evaluated on a
+copper cell contracts (and holds) the copper weights alone, not the ~0.7 GB (float64, 128
+channels, correlation 3) of all elements. :func:`openmace.accel.for_inference` swaps
+:class:`SymmetricContraction` for an implementation that caches the contracted weights of each
+element the first time the element is seen (and, on CPUs, a compiled kernel).
 """
 
 from __future__ import annotations
@@ -27,6 +30,32 @@ from openmace.o3.coupling import monomial_recursion, tree_frame
 from openmace.o3.linear import sort_by_element
 
 ROUNDING_ZERO = 1e-12
+
+
+def contract_tree_weights(
+    weights: list[torch.Tensor],
+    basis: torch.Tensor,
+    elements: torch.Tensor | None,
+    dim_out: int,
+    width: int,
+) -> torch.Tensor:
+    """``P[k, c, M, s] = Σ_t B[t, M, s] W[z_k, t, c]`` for the element indices ``elements``
+    (``[k]``; all elements when None): eq. 10's weights on the monomials ``s``.
+
+    ``weights``: the tree weights ``[num_elements, trees_i, c]`` of every (output irrep,
+    degree) block, in the order of ``basis`` ``[trees, M, width]`` (trees of all blocks
+    stacked). Differentiable in ``weights``; TorchScript-compatible (the export calls it)."""
+    if elements is not None:
+        weights = [w.index_select(0, elements) for w in weights]
+    w = torch.cat(weights, dim=1)  # [k, trees, c]
+    k, c = w.shape[0], w.shape[2]
+    p = w.transpose(1, 2).reshape(k * c, -1) @ basis.reshape(basis.shape[0], -1)
+    return p.view(k, c, dim_out, width)
+
+
+def present_elements(groups: ElementGroups) -> list[int]:
+    """The element indices of ``groups.chunks`` in order (ascending: the elements present)."""
+    return [chunk[0] for chunk in groups.chunks]
 
 
 class MonomialPlan:
@@ -134,26 +163,29 @@ class MonomialContraction(nn.Module):
         return low, (lower if self.top_by_prefix else x.new_zeros(0))
 
     def forward(
-        self, a: torch.Tensor, groups: ElementGroups, p: torch.Tensor, p_top: torch.Tensor
+        self,
+        a: torch.Tensor,
+        groups: ElementGroups,
+        p_parts: list[torch.Tensor],
+        top_parts: list[torch.Tensor],
     ) -> torch.Tensor:
-        """``a [n, c, dim_in]`` with weights ``p, p_top`` (:meth:`split_top`) →
-        ``[n, c, dim_out]``."""
+        """``a [n, c, dim_in]`` → ``[n, c, dim_out]``, with the weights of the element of each
+        of ``groups.chunks`` in the same order: ``p_parts[k] [c, M, low_width]`` and, if
+        ``top_by_prefix``, ``top_parts[k] [c, M·dim, num_prev]`` (one element's
+        :meth:`split_top`)."""
         x = sort_by_element(a, groups).permute(1, 2, 0).contiguous()  # [c, dim, atoms]
         features, prev = self.monomial_features(x)
-        # per-element weights by unbind: in training its backward stacks the elements' gradients
-        # once, where indexing would fill a zero tensor of all elements per element
-        p_parts, top_parts = p.unbind(0), p_top.unbind(0)
         # atoms of each element by split, not by slicing: the backward of a split is one
         # concatenation, that of each slice a zero tensor of all atoms
         sizes = [stop - start for _, start, stop in groups.chunks]
         x_parts, feature_parts = x.split(sizes, dim=2), features.split(sizes, dim=2)
         prev_parts = prev.split(sizes, dim=2) if self.top_by_prefix else x_parts
         outs: list[torch.Tensor] = []
-        for k, chunk in enumerate(groups.chunks):
-            element, atoms = chunk[0], sizes[k]
-            out = torch.bmm(p_parts[element], feature_parts[k])
+        for k in range(len(groups.chunks)):
+            atoms = sizes[k]
+            out = torch.bmm(p_parts[k], feature_parts[k])
             if self.top_by_prefix:
-                r = torch.bmm(top_parts[element], prev_parts[k])  # [c, M·dim, atoms]
+                r = torch.bmm(top_parts[k], prev_parts[k])  # [c, M·dim, atoms]
                 r = r.view(r.shape[0], self.dim_out, self.dim, atoms)
                 out = out + (r * x_parts[k].unsqueeze(1)).sum(2)
             outs.append(out)
@@ -174,7 +206,8 @@ class SymmetricContraction(nn.Module):
 
     The weights of each element are contracted with the coupling basis,
     ``P[z, c, M, s] = Σ_t B[t, M, s] W[z, t, c]`` over the monomials ``s`` with a nonzero
-    coefficient (:class:`MonomialPlan`), and evaluated by :class:`MonomialContraction`.
+    coefficient (:class:`MonomialPlan`), and evaluated by :class:`MonomialContraction`. At each
+    call (training: the weights change at every step) only the elements present are contracted.
 
     Args:
         irreps_in: irreps of the A-features.
@@ -250,18 +283,23 @@ class SymmetricContraction(nn.Module):
         tree_basis = torch.cat(blocks) if blocks else torch.zeros(0, rows[-1], cols[-1])
         self.register_buffer("tree_basis", tree_basis.to(dtype), persistent=False)
 
-    def contract_weights(self) -> torch.Tensor:
-        """``P[z, c, M, s] = Σ_t B[t, M, s] W[z, t, c]`` (eq. 10's weights on the basis)."""
-        z, c = self.num_elements, self.channels
-        weights = torch.cat(list(self.weights.values()), dim=1)  # [z, trees, c]
-        basis = self.tree_basis
-        p = weights.transpose(1, 2).reshape(z * c, -1) @ basis.reshape(basis.shape[0], -1)
-        return p.view(z, c, self.dim_out, self.width)
+    def contract_weights(self, elements: list[int] | None = None) -> torch.Tensor:
+        """``P[k, c, M, s] = Σ_t B[t, M, s] W[z_k, t, c]`` (eq. 10's weights on the basis) for
+        the element indices ``elements`` in that order (all elements when None)."""
+        index = None
+        if elements is not None and elements != list(range(self.num_elements)):
+            index = torch.tensor(elements, dtype=torch.long, device=self.tree_basis.device)
+        weights = list(self.weights.values())
+        return contract_tree_weights(weights, self.tree_basis, index, self.dim_out, self.width)
 
     def forward(self, a: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
-        """``a [n, c, dim_in]`` → ``[n, c, dim_out]``."""
-        p, p_top = self.monomials.split_top(self.contract_weights())
-        return self.monomials(a, groups, p, p_top)
+        """``a [n, c, dim_in]`` → ``[n, c, dim_out]``; contracts the weights of the elements
+        present only."""
+        p, p_top = self.monomials.split_top(self.contract_weights(present_elements(groups)))
+        # per-element weights by unbind: in training its backward stacks the elements' gradients
+        # once, where indexing would fill a zero tensor of all elements per element
+        tops = p_top.unbind(0) if self.monomials.top_by_prefix else []
+        return self.monomials(a, groups, list(p.unbind(0)), list(tops))
 
     def working_memory(self, num_atoms: int, itemsize: int) -> int:
         """Bytes of the per-atom monomials autograd keeps (with the training safety factor)."""
