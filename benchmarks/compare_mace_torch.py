@@ -74,6 +74,9 @@ print(json.dumps({"energy": energy, "ms": 1000 * float(np.median(times)),
 
 
 def run_json(cmd: list[str], env: dict, timeout: float, memory_gb: float | None = None) -> dict:
+    """Run a timer process (address space capped at ``memory_gb``); its last stdout line as
+    JSON, or ``{"error": ...}``."""
+
     def limit() -> None:
         if memory_gb:
             import resource
@@ -89,7 +92,7 @@ def run_json(cmd: list[str], env: dict, timeout: float, memory_gb: float | None 
         return {"error": f"timeout {timeout:.0f} s"}
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"error": "out of memory" if "memory" in proc.stderr.lower() else tail[:60]}
+        return {"error": "out of memory" if "memory" in proc.stderr.lower() else tail[:80]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

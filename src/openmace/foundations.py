@@ -192,6 +192,32 @@ def resolve(
     return target
 
 
+def resolve_any(
+    spec: str | os.PathLike[str], *, timeout: float = DOWNLOAD_TIMEOUT, progress: bool | None = None
+) -> Path:
+    """:func:`resolve` of a model given without its family (``openmace train
+    --foundation-model``): an existing file; ``FAMILY:NAME`` (``mp:medium``, ``off:small``);
+    an ``http(s)://`` address; or a name that exactly one family has (``mh-1``,
+    ``medium-mpa-0``). A name several families have (``small``) is an error listing the
+    ``FAMILY:NAME`` spellings."""
+    text = os.fspath(spec)
+    family, _, name = text.partition(":")
+    if name and family in FAMILIES:
+        return resolve(name, family, timeout=timeout, progress=progress)
+    if Path(text).expanduser().is_file() or text.startswith(("http://", "https://")):
+        return resolve(text, "mp", timeout=timeout, progress=progress)
+    owners = [f for f in FAMILIES if text in URLS[f]]
+    if len(owners) == 1:
+        return resolve(text, owners[0], timeout=timeout, progress=progress)
+    if owners:
+        spelled = " or ".join(f"{f}:{text}" for f in owners)
+        raise FoundationModelError(text, text, f"a name of several families: say {spelled}")
+    known = [f"{f}:{n}" for f in FAMILIES for n in URLS[f]]
+    raise FoundationModelError(
+        text, text, f"no such file, and not a published model name (known: {', '.join(known)})"
+    )
+
+
 def mace_mp(
     model: str | os.PathLike[str] | None = "medium-mpa-0",
     dtype: str | torch.dtype = "float32",

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from openmace.model.interaction import EdgeMessages, pair_offsets
-from openmace.model.radial import MLP
+from openmace.model.radial import MLP, LayerNormMLP
 from openmace.o3 import irreps_dim
 
 
@@ -236,7 +236,8 @@ def _fused_backward(plan, grad_pooled, x, sh, radial, sender, receiver, all_weig
     parts = _scatter_copies(x, x.shape[1], num_radial)  # as in the forward pass
     grad_x = x.new_zeros((parts, *x.shape))
     grad_sh = torch.zeros_like(sh)
-    grad_radial = torch.empty_like(radial)
+    # several chunks write into one gradient; one chunk's gradient is taken as it is
+    grad_radial = radial.new_empty(radial.shape) if chunk < num_radial else None
     rows = min(chunk, num_radial)  # buffers reused by every chunk (see the forward pass)
     weights_buffer = x.new_empty((rows, tp.num_paths * c)) if all_weights is None else None
     grad_buffer = x.new_empty((rows, tp.num_paths, c))
@@ -261,9 +262,13 @@ def _fused_backward(plan, grad_pooled, x, sh, radial, sender, receiver, all_weig
             *tp.sparse_cg,
             grad_pooled,
         )
-        grad_radial[a:b] = _input_gradient(
-            plan, [z[a:b] for z in kept], grad_weights.view(b - a, -1)
-        )
+        grad = _input_gradient(plan, [z[a:b] for z in kept], grad_weights.view(b - a, -1))
+        if b - a == num_radial:  # one chunk: no copy (the identity plan's gradient is wide)
+            grad_radial = grad
+        else:
+            grad_radial[a:b] = grad
+    if grad_radial is None:  # no radial rows
+        grad_radial = torch.zeros_like(radial)
     return grad_x[0] if parts == 1 else grad_x.sum(0), grad_sh, grad_radial
 
 
@@ -305,7 +310,10 @@ class PooledMessages(torch.autograd.Function):
         # the MLP's hidden pre-activations (and its output while small) for the backward pass
         kept = [x.new_empty((num_radial, w.shape[1])) for w in plan.mlp_weights[:-1]]
         keep_weights = num_radial * width * x.element_size() <= KEEP_WEIGHTS_BYTES
-        all_weights = x.new_empty((num_radial, width)) if keep_weights else None
+        identity = not plan.mlp_weights and kernels is not None  # weights given: no copy
+        all_weights = None
+        if keep_weights:
+            all_weights = radial.contiguous() if identity else x.new_empty((num_radial, width))
         # radial rows per chunk: cache-sized edge chunks, or (compiled kernels, which keep
         # nothing per edge) all rows when their weights are kept, else FUSED_CHUNK_BYTES
         if kernels is None:
@@ -321,7 +329,10 @@ class PooledMessages(torch.autograd.Function):
             b = min(a + chunk, num_radial)
             out = all_weights[a:b] if all_weights is not None else None
             out = reused[: b - a] if reused is not None else out
-            weights = _forward_keeping(plan, radial[a:b], [z[a:b] for z in kept], out)
+            if identity and all_weights is not None:
+                weights = all_weights[a:b]
+            else:
+                weights = _forward_keeping(plan, radial[a:b], [z[a:b] for z in kept], out)
             weights = weights.view(b - a, tp.num_paths, c)
             if kernels is not None:
                 kernels.pooled_forward(
@@ -473,9 +484,7 @@ class InferenceMessages(nn.Module):
         if cutoff is None and isinstance(self.radial_mlp, MLP):
             return PooledMessages.apply(x, sh, radial, sender, receiver, self.plan())
         # the radial weights by autograd (per radial row: the MLP is not fused), then the sums
-        weights = self.radial_mlp(radial)
-        if cutoff is not None:
-            weights = weights * cutoff
+        weights = enveloped_weights(self.radial_mlp, radial, cutoff)
         return PooledMessages.apply(x, sh, weights, sender, receiver, self.plan(fused_mlp=False))
 
     def working_memory(self, num_atoms: int, num_edges: int, itemsize: int) -> int:
@@ -506,3 +515,29 @@ INFERENCE_MEMORY_FACTOR = 1.5
 # compiled kernels: the estimate x 1.5 is at or above every measured peak (Cu 1000 / 4000 /
 # 16000 atoms, 32 and 128 channels, float32 and float64) and at most 2.2x above it
 COMPILED_MEMORY_FACTOR = 1.5
+
+
+def enveloped_weights(
+    mlp: nn.Module, radial: torch.Tensor, cutoff: torch.Tensor | None
+) -> torch.Tensor:
+    """``mlp(radial) · cutoff`` (``[rows, width]``; ``cutoff [rows, 1]`` or None) with the
+    envelope applied before the last layer, where rows are narrow: for the LayerNorm MLP
+    ``(h c) W + c b`` as one product ``[h c, c] @ [W; b]``, for the plain MLP ``(h c) W``. The
+    same numbers up to rounding, without a multiplication (and its gradient) of the wide
+    output ``[rows, width]``."""
+    if cutoff is None:
+        return mlp(radial)
+    if isinstance(mlp, LayerNormMLP):
+        h = radial
+        for layer in mlp.layers[:-1]:
+            h = layer(h)
+        last = mlp.layers[-1]
+        scaled = torch.cat([h * cutoff, cutoff], dim=1)
+        return torch.mm(scaled, torch.cat([last.weight, last.bias.unsqueeze(0)], dim=0))
+    if isinstance(mlp, MLP):
+        h = radial
+        for w in list(mlp.weights)[:-1]:
+            h = mlp.act(h @ (w * w.shape[0] ** -0.5))
+        w = mlp.weights[-1]
+        return (h * cutoff) @ (w * w.shape[0] ** -0.5)
+    return mlp(radial) * cutoff

@@ -75,6 +75,7 @@ def _default(f: Field) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from openmace.cli.devices import check_device
+    from openmace.foundations import resolve_any
     from openmace.train.config import TrainConfig, build_config, load_config_file
     from openmace.train.loop import train
 
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     args.train_config = cfg  # for interrupted()
     if not getattr(args, "debug", False):
         logging.getLogger("openmace").setLevel(logging.INFO)
-    result = train(cfg, progress=not cfg.quiet and sys.stderr.isatty())
+    result = train(cfg, progress=not cfg.quiet and sys.stderr.isatty(), resolve=resolve_any)
     print()
     print(result.table_text)
     print()

@@ -75,9 +75,10 @@ def configuration_graph(config: Configuration, r_max: float) -> Graph:
 class GraphDataset:
     """Structures with their graphs and labels. The neighbour lists within ``r_max`` are built
     here, once per structure, and reused by everything downstream: statistics, training
-    batches, validation and the final error tables."""
+    batches, validation and the final error tables. ``head``: the head index of every structure
+    (a multi-head model's training; None: the model's default head)."""
 
-    def __init__(self, configs: list[Configuration], r_max: float) -> None:
+    def __init__(self, configs: list[Configuration], r_max: float, head: int | None = None) -> None:
         self.configs = configs
         self.r_max = r_max
         self.graphs, pairs, atoms, left = [], 0, 0, sum(len(c) for c in configs)
@@ -86,6 +87,25 @@ class GraphDataset:
             pairs += self.graphs[-1].edge_index.shape[1]
             atoms, left = atoms + len(c), left - len(c)
             check_remaining_pairs(pairs, atoms, left, len(configs) - len(self.graphs), r_max)
+        if head is not None:
+            self.set_head(head)
+
+    def set_head(self, head: int) -> None:
+        """Mark every structure for head ``head`` of a multi-head model."""
+        for graph in self.graphs:
+            graph.head = torch.tensor([head], dtype=torch.long)
+
+    @classmethod
+    def joined(cls, parts: list[GraphDataset]) -> GraphDataset:
+        """One dataset of the structures of ``parts``, in order (their graphs are shared, not
+        rebuilt); every part must have the same ``r_max``."""
+        if len({p.r_max for p in parts}) != 1:
+            raise ValueError("joined datasets need the same r_max")
+        out = cls.__new__(cls)
+        out.configs = [c for p in parts for c in p.configs]
+        out.graphs = [g for p in parts for g in p.graphs]
+        out.r_max = parts[0].r_max
+        return out
 
     def __len__(self) -> int:
         return len(self.configs)

@@ -43,6 +43,8 @@ class Graph:
     # multiplicity 2S+1, as floats [n_graphs]; None when not given
     total_charge: torch.Tensor | None = None
     total_spin: torch.Tensor | None = None
+    # head index of each graph [n_graphs] int64 (multi-head training); None: the model's default
+    head: torch.Tensor | None = None
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None

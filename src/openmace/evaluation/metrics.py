@@ -51,9 +51,7 @@ def predictions_from(configs: list[Configuration], outputs) -> Predictions:
     return out
 
 
-def predict(
-    model: MACE, dataset: GraphDataset, batch_size: int
-) -> Predictions:
+def predict(model: MACE, dataset: GraphDataset, batch_size: int) -> Predictions:
     """Predictions of ``model`` on a labelled data set, from the dataset's graphs (no neighbour
     list is rebuilt; they must hold the neighbours within the model's cutoff)."""
     if dataset.r_max < model.config.r_max:

@@ -3,7 +3,8 @@
 A multi-head model (MACE-MH-1, replay fine-tunes) shares everything but the readouts, E0s,
 scale and shift, which it holds per head. :func:`single_head` returns the model of one head:
 the same numbers for that head, the fast inference path of a single-head model, and what
-``openmace convert --head`` writes.
+``openmace convert --head`` writes. :func:`add_head` returns the model with one more head,
+a copy of an existing one with its own E0s, scale and shift (multi-head replay fine-tuning).
 """
 
 from __future__ import annotations
@@ -80,3 +81,52 @@ def atoms_heads(model: MACE, head: str | int | None, num_graphs: int) -> torch.T
         return None
     index = head_index(model.config, head)
     return torch.full((num_graphs,), index, dtype=torch.long, device=model.atomic_energies.device)
+
+
+def add_head(
+    model: MACE,
+    name: str,
+    atomic_energies: list[float],
+    scale: float | None = None,
+    shift: float | None = None,
+    copy_from: str | int | None = None,
+) -> MACE:
+    """``model`` with one more head ``name`` (a new model; ``model`` is unchanged): its
+    readouts (and embedding readout) are copies of head ``copy_from``'s, its E0s are
+    ``atomic_energies`` (eV, one per element), its scale and shift those given (default: those
+    of ``copy_from``). The existing heads predict exactly what they did."""
+    config = model.config
+    source = head_index(config, copy_from)
+    if name in config.heads:
+        raise ValueError(f"the model already has a head {name!r} (heads: {list(config.heads)})")
+    if len(atomic_energies) != len(config.atomic_numbers):
+        raise ValueError("add_head: one E0 per element of the model is needed")
+    scales, shifts = config.per_head("scale"), config.per_head("shift")
+    new_config = replace(
+        config,
+        heads=[*config.heads, name],
+        atomic_energies=[*config.head_energies, [float(e) for e in atomic_energies]],
+        scale=[*scales, scales[source] if scale is None else float(scale)],
+        shift=[*shifts, shifts[source] if shift is None else float(shift)],
+    )
+    dtype, device = model.atomic_energies.dtype, model.atomic_energies.device
+    out = MACE(new_config, dtype=dtype, device=device)
+    old = model.state_dict()
+    if len(config.heads) == 1:  # a plain MLP readout becomes the per-head form
+        for key in [k for k in old if ".mlp.weights." in k]:
+            prefix, layer = key.split(".mlp.weights.")
+            old[f"{prefix}.heads_mlp.layers.{layer}.weight"] = old.pop(key).unsqueeze(0)
+        old["atomic_energies"] = old["atomic_energies"].unsqueeze(0)
+    state = {}
+    for key, target in out.state_dict().items():
+        value = old[key]
+        if value.shape != target.shape:
+            axis = 1 if key == "embedding_readout" else 0  # the head axis
+            copy = value.narrow(axis, source, 1)
+            if key == "atomic_energies":
+                copy = torch.tensor([atomic_energies], dtype=dtype, device=device)
+            value = torch.cat([value, copy], dim=axis)
+        state[key] = value
+    out.load_state_dict(state)
+    out.provenance = dict(getattr(model, "provenance", {}) or {})
+    return out

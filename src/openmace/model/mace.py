@@ -255,8 +255,11 @@ class MACE(nn.Module):
         virials (eV, ``-∂E/∂ε``) and stress (eV/Å³, ``(1/V) ∂E/∂ε``; zero for structures that
         are not periodic in all three directions) of every graph in the batch.
         ``create_graph=True`` keeps forces and stress differentiable (training on forces).
-        ``head``: the head index of each graph ``[graphs]`` (default: the first head)."""
+        ``head``: the head index of each graph ``[graphs]`` (default: the graph's ``head``,
+        else the first head)."""
         graph = graph.to(device=self.atomic_energies.device, dtype=self.atomic_energies.dtype)
+        if head is None:
+            head = graph.head
         return self.compute(
             graph.positions,
             graph.atomic_numbers,

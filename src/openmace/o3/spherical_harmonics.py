@@ -24,6 +24,3 @@ class SphericalHarmonics(nn.Module):
 
     def forward(self, vectors: torch.Tensor) -> torch.Tensor:
         return self.harmonics(vectors)
-
-
-

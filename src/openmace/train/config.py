@@ -80,8 +80,9 @@ class TrainConfig(ModelOptions):
     e0s: str = _opt(
         "auto",
         "isolated | average | FILE (JSON/YAML mapping or XYZ of isolated "
-        "atoms) | '{1: -13.6, ...}'; auto: isolated if the training file has "
-        "isolated atoms, else average",
+        "atoms) | '{1: -13.6, ...}' | foundation | estimated (the last two with "
+        "--foundation-model); auto: isolated if the training file has isolated atoms, else "
+        "average (fine-tuning: estimated)",
         aliases=("E0s",),
     )
     isolated_atom_types: list[str] = _opt(
@@ -97,6 +98,48 @@ class TrainConfig(ModelOptions):
         None,
         "highest L of the hidden features (0..3): sets hidden_irreps (none: hidden_irreps' own)",
         aliases=("max-l",),
+    )
+    # fine-tuning (docs/finetuning.md)
+    foundation_model: str | None = _opt(
+        None,
+        "fine-tune this model: an openmace or mace-torch .model file, or a published name "
+        "(mp:medium-mpa-0, off:small, mh-1, ...; see openmace.foundations)",
+    )
+    foundation_head: str | None = _opt(
+        None, "head of a multi-head foundation to fine-tune (default: its 'default' head)"
+    )
+    foundation_elements: str = _opt(
+        "foundation",
+        "foundation: keep all the foundation's elements; data: keep only the training data's "
+        "(same predictions on them, a smaller model)",
+    )
+    freeze: int | None = _opt(
+        None,
+        "freeze the first N layers (embedding and layer 0 first; negative: all but the last "
+        "|N|); a layer is an interaction, its product and its readout",
+    )
+    lr_embedding: float = _opt(1.0, "learning-rate factor of the element embedding")
+    lr_interactions: float = _opt(1.0, "learning-rate factor of the interaction blocks")
+    lr_products: float = _opt(1.0, "learning-rate factor of the product blocks")
+    lr_readouts: float = _opt(1.0, "learning-rate factor of the readouts")
+    multihead_finetuning: bool = _opt(
+        False,
+        "replay fine-tuning: a new head 'default' for the training data beside the "
+        "foundation's head 'pt_head', trained together on --pt-train-file replay data",
+        aliases=("multiheads_finetuning",),
+    )
+    pt_train_file: str | None = _opt(
+        None, "replay data of the foundation's head (any ASE-readable file)"
+    )
+    num_samples_pt: int = _opt(1000, "replay structures kept from --pt-train-file")
+    subselect_pt: str = _opt(
+        "random", "random | fps (farthest-point sampling on the foundation's descriptors)"
+    )
+    pseudolabel_replay: bool = _opt(
+        False, "label the replay structures with the foundation's own predictions"
+    )
+    weight_pt_head: float = _opt(
+        1.0, "loss weight of the replay structures (the foundation's head)"
     )
     # optimisation
     batch_size: int = _opt(5, "structures per training batch")
@@ -136,6 +179,8 @@ class TrainConfig(ModelOptions):
     quiet: bool = _opt(False, "no progress bars, log lines only")
 
     def __post_init__(self) -> None:
+        #: fine-tuning defaults applied by build_config (name -> value); not an option
+        self.fine_tuning_defaults: dict[str, Any] = {}
         problems = []
 
         def need(condition: bool, message: str) -> None:
@@ -181,10 +226,43 @@ class TrainConfig(ModelOptions):
             f"name must be a plain file name (no folders, '/', '\\', '..'), not {self.name!r}",
         )
         need(self.valid_fraction == self.valid_fraction, "valid_fraction must be a number")
+        problems.extend(self._fine_tuning_problems())
         for name in ("energy_weight", "forces_weight", "stress_weight", "virials_weight"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def _fine_tuning_problems(self) -> list[str]:
+        """Fine-tuning options that are invalid, or that would have no effect."""
+        problems = []
+        tuning = self.foundation_model is not None
+        for name in ("foundation_head", "freeze"):
+            if getattr(self, name) is not None and not tuning:
+                problems.append(f"{name} needs --foundation-model")
+        if self.e0s in ("foundation", "estimated") and not tuning:
+            problems.append(f"e0s {self.e0s} needs --foundation-model")
+        if self.foundation_elements not in ("foundation", "data"):
+            problems.append(
+                f"foundation_elements must be foundation or data, not {self.foundation_elements!r}"
+            )
+        elif self.foundation_elements == "data" and not tuning:
+            problems.append("foundation_elements data needs --foundation-model")
+        if self.multihead_finetuning and not tuning:
+            problems.append("multihead_finetuning needs --foundation-model")
+        if self.multihead_finetuning and self.pt_train_file is None:
+            problems.append("multihead_finetuning needs --pt-train-file (the replay data)")
+        if self.pt_train_file is not None and not self.multihead_finetuning:
+            problems.append("pt_train_file needs --multihead-finetuning")
+        if self.subselect_pt not in ("random", "fps"):
+            problems.append(f"subselect_pt must be random or fps, not {self.subselect_pt!r}")
+        if self.num_samples_pt < 1:
+            problems.append("num_samples_pt must be >= 1")
+        for name in ("lr_embedding", "lr_interactions", "lr_products", "lr_readouts"):
+            if not getattr(self, name) >= 0:
+                problems.append(f"{name} must be >= 0")
+        if not self.weight_pt_head >= 0:
+            problems.append("weight_pt_head must be >= 0")
+        return problems
 
     def _set_hidden_irreps(self) -> None:
         """``channels`` and ``max_L`` (where given) → ``hidden_irreps``, as mace-torch does."""
@@ -215,6 +293,14 @@ class TrainConfig(ModelOptions):
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+FINE_TUNING_DEFAULTS: dict[str, Any] = {"lr": 1e-3, "e0s": "estimated"}
+"""Defaults of a fine-tune (``--foundation-model``) that differ from plain training, applied
+by :func:`build_config` to the options not given, and reported by the training log and the
+model's provenance: a foundation's weights need a smaller step than random ones (0.01 moves
+them far from the foundation in the first epoch), and the foundation's predictions fix the E0s
+best (``estimated``, see :mod:`openmace.train.finetune`)."""
 
 
 def is_plain_name(name: object) -> bool:
@@ -300,7 +386,14 @@ def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> Tr
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(f"{source}: unknown option {key!r}{hint}")
             merged[name] = _convert(name, value)
-    return TrainConfig(**merged)
+    applied = {}
+    if merged.get("foundation_model") is not None:
+        for name, value in FINE_TUNING_DEFAULTS.items():
+            if name not in merged:
+                merged[name] = applied[name] = value
+    cfg = TrainConfig(**merged)
+    cfg.fine_tuning_defaults = applied
+    return cfg
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

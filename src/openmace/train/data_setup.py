@@ -37,17 +37,14 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _check_elements(configs: list[Configuration], elements: set[int], name: str) -> None:
+def check_elements(configs: list[Configuration], elements: set[int], problem: str) -> None:
+    """A :class:`DataError` naming the first structure with an element outside ``elements``:
+    ``element(s) X {problem}``."""
     for config in configs:
         unknown = sorted(set(config.atomic_numbers.tolist()) - elements)
         if unknown:
             symbols = ", ".join(chemical_symbols[z] for z in unknown)
-            raise DataError(
-                config.source,
-                config.index,
-                f"element(s) {symbols} in the {name} set do not occur in the "
-                "training set: the model cannot learn them",
-            )
+            raise DataError(config.source, config.index, f"element(s) {symbols} {problem}")
 
 
 def load_training_data(cfg: TrainConfig) -> TrainingData:
@@ -90,14 +87,21 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
         {int(z) for c in train for z in c.atomic_numbers}
         | {int(c.atomic_numbers[0]) for c in isolated}
     )
-    _check_elements(valid, set(elements), "validation")
-    _check_elements(test, set(elements), "test")
+    for name, configs in (("validation", valid), ("test", test)):
+        check_elements(
+            configs,
+            set(elements),
+            f"in the {name} set do not occur in the training set: the model cannot learn them",
+        )
     spec = cfg.e0s
     if spec == "auto":
         spec = "isolated" if isolated else "average"
-    e0s, source = resolve_e0s(
-        spec, isolated if spec == "isolated" else train, elements, keys, types
-    )
+    if spec in ("foundation", "estimated"):  # from the foundation: openmace.train.finetune
+        e0s, source = {}, spec
+    else:
+        e0s, source = resolve_e0s(
+            spec, isolated if spec == "isolated" else train, elements, keys, types
+        )
     files = {}
     for role in ("train_file", "valid_file", "test_file"):
         path = getattr(cfg, role)

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,13 @@ from openmace.train.checkpoint import (
 from openmace.train.config import TrainConfig
 from openmace.train.data_setup import TrainingData, load_training_data, sha256
 from openmace.train.ema import EMA
+from openmace.train.finetune import (
+    GROUPS,
+    FineTuning,
+    load_foundation,
+    parameter_group,
+    prepare_fine_tuning,
+)
 from openmace.train.loss import LossWeights, compute_loss
 
 log = logging.getLogger("openmace.train")
@@ -91,7 +99,7 @@ weight decay, scheduler and EMA settings are set in the restored optimiser, sche
 and recorded. Every other option (model options, data files and label keys, E0s, seed, dtype)
 is refused: the checkpoint's weights and statistics belong to them. A data file given under a
 new path with the same content (SHA-256) is accepted and reported."""
-DATA_FILES = ("train_file", "valid_file")
+DATA_FILES = ("train_file", "valid_file", "foundation_model", "pt_train_file")
 
 
 def checkpoint_path(cfg: TrainConfig) -> Path:
@@ -126,12 +134,30 @@ def model_config(cfg: TrainConfig, data: TrainingData, train_set: GraphDataset) 
 
 
 def _optimizer(model: MACE, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay, rest = [], []
+    """AMSGrad Adam over the trainable parameters: weight decay on the product and message
+    weights; with learning-rate factors (``lr_embedding`` ...) one group per parameter group
+    (:func:`openmace.train.finetune.parameter_group`), else the two groups decay/no decay."""
+    factors = {group: getattr(cfg, f"lr_{group}") for group in GROUPS}
+    split = len(set(factors.values())) > 1
+    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue  # frozen (--freeze)
         in_decay = name.startswith("products.") or ".linear." in name and "interactions." in name
-        (decay if in_decay else rest).append(p)
+        group = parameter_group(name) if split else "all"
+        groups.setdefault((group, in_decay), []).append(p)
+    order = sorted(groups, key=lambda key: (not key[1], key[0]))  # decay first, as before
     return torch.optim.Adam(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
+        [
+            {
+                "params": groups[key],
+                "weight_decay": cfg.weight_decay if key[1] else 0.0,
+                "decay": key[1],
+                "lr_factor": factors.get(key[0], 1.0),
+                "lr": cfg.lr * factors.get(key[0], 1.0),
+            }
+            for key in order
+        ],
         lr=cfg.lr,
         amsgrad=True,
     )
@@ -147,12 +173,21 @@ class Trainer:
             declared by :class:`openmace.MACEConfig`, optimisation, run).
         progress: show progress bars (also off with ``cfg.quiet``).
 
+    ``resolve``: turns ``cfg.foundation_model`` into a file (a published name; the CLI passes
+    :func:`openmace.foundations.resolve_any`); without it, the option must be a path.
+
     Validation and the final tables run on :func:`openmace.accel.for_inference` copies of the
     current weights; the memory check (:mod:`openmace.memory`) runs before every batch.
     """
 
-    def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        progress: bool = True,
+        resolve: Callable[[str], Path] | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.resolve = resolve
         self.progress = progress and not cfg.quiet
         self.dtype = getattr(torch, cfg.dtype)
         self.device = torch.device(cfg.device)
@@ -170,17 +205,46 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         state = self._resume_state()  # before any data is read: refusals come first
         self.data = load_training_data(cfg)
+        self.fine_tuning: FineTuning | None = None
+        foundation = None
+        r_max = cfg.r_max
+        if cfg.foundation_model is not None:
+            foundation, info = load_foundation(cfg, self.dtype, self.device, self.resolve)
+            r_max = foundation.config.r_max
         # graphs (neighbour lists within r_max) once per structure; the statistics count on them,
         # so they exist before the model config (whose r_max is this declared option's value)
-        self.train_set = GraphDataset(self.data.train, cfg.r_max)
-        self.valid_set = GraphDataset(self.data.valid, cfg.r_max)
-        self.model_config = model_config(cfg, self.data, self.train_set)
-        torch.manual_seed(cfg.seed)
-        self.model = MACE(self.model_config, dtype=self.dtype, device=self.device)
+        self.train_set = GraphDataset(self.data.train, r_max)
+        self.valid_set = GraphDataset(self.data.valid, r_max)
+        self.pt_sets: dict[str, GraphDataset] = {}
+        if foundation is not None:
+            tuning = prepare_fine_tuning(cfg, self.data, self.train_set, foundation, info)
+            self.data.files["foundation_model"] = {"path": info["path"], "sha256": info["sha256"]}
+            if cfg.pt_train_file:
+                self.data.files["pt_train_file"] = {
+                    "path": cfg.pt_train_file,
+                    "sha256": sha256(cfg.pt_train_file),
+                }
+            self.fine_tuning, self.model = tuning, tuning.model
+            self.model_config = self.model.config
+            if tuning.pt_train is not None:  # the user's data trains the new head
+                user = self.model_config.heads.index("default")
+                self.train_set.set_head(user)
+                self.valid_set.set_head(user)
+                self.pt_sets = {"pt_train": tuning.pt_train, "pt_valid": tuning.pt_valid}
+        else:
+            self.model_config = model_config(cfg, self.data, self.train_set)
+            torch.manual_seed(cfg.seed)
+            self.model = MACE(self.model_config, dtype=self.dtype, device=self.device)
+        # what the loss is fitted on and validated with: the user's data and any replay data
+        self.fit_set, self.check_set = self.train_set, self.valid_set
+        if self.pt_sets:
+            self.fit_set = GraphDataset.joined([self.train_set, self.pt_sets["pt_train"]])
+            self.check_set = GraphDataset.joined([self.valid_set, self.pt_sets["pt_valid"]])
         log.info(
-            "model: %s, %d parameters",
+            "model: %s, %d parameters (%d trained)",
             self.model_config.hidden_irreps,
             sum(p.numel() for p in self.model.parameters()),
+            sum(p.numel() for p in self.model.parameters() if p.requires_grad),
         )
         self.optimizer = _optimizer(self.model, cfg)
         self.scheduler = self._scheduler()
@@ -295,7 +359,9 @@ class Trainer:
         if "stage_two_lr" in applied and self.stage == 2:
             self._set_lr(cfg.stage_two_lr)
         if "weight_decay" in applied:
-            self.optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay
+            for group in self.optimizer.param_groups:
+                if group.get("decay", group is self.optimizer.param_groups[0]):
+                    group["weight_decay"] = cfg.weight_decay
         if "scheduler_factor" in applied:
             self.scheduler.factor = cfg.scheduler_factor
         if "scheduler_patience" in applied:
@@ -373,7 +439,13 @@ class Trainer:
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_factor", 1.0)
+
+    def _lr(self) -> float:
+        """The run's learning rate (that of a group with factor 1)."""
+        group = self.optimizer.param_groups[0]
+        factor = group.get("lr_factor", 1.0)
+        return group["lr"] / factor if factor else group["lr"]
 
     def _needs_stress(self, dataset: GraphDataset) -> bool:
         w = self.weights()
@@ -384,11 +456,9 @@ class Trainer:
 
     def train_epoch(self) -> float:
         cfg, weights = self.cfg, self.weights()
-        stress = self._needs_stress(self.train_set)
-        batches = self.train_set.batches(
-            cfg.batch_size, shuffle_seed=cfg.seed * 100_003 + self.epoch
-        )
-        total = math.ceil(len(self.train_set) / cfg.batch_size)
+        stress = self._needs_stress(self.fit_set)
+        batches = self.fit_set.batches(cfg.batch_size, shuffle_seed=cfg.seed * 100_003 + self.epoch)
+        total = math.ceil(len(self.fit_set) / cfg.batch_size)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -486,7 +556,7 @@ class Trainer:
                 self.elapsed += time.perf_counter() - start
                 continue
             with self.averaged():
-                valid_loss, preds = self.evaluate(self.valid_set)
+                valid_loss, preds = self.evaluate(self.check_set)
                 if valid_loss < self.best["valid_loss"]:
                     self.best = {
                         "valid_loss": valid_loss,
@@ -501,7 +571,7 @@ class Trainer:
             record = {
                 "epoch": self.epoch,
                 "stage": self.stage,
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": self._lr(),
                 "train_loss": train_loss,
                 "valid_loss": valid_loss,
                 "time_s": round(self.elapsed, 3),
@@ -534,10 +604,11 @@ class Trainer:
         sets = {"train": self.train_set, "valid": self.valid_set}
         if self.data.test:
             sets["test"] = GraphDataset(self.data.test, self.model.config.r_max)
+            if self.pt_sets:
+                sets["test"].set_head(self.model_config.heads.index("default"))
+        sets |= self.pt_sets  # the foundation's head on the replay data (multi-head fine-tunes)
         model = for_inference(self.model)
-        predictions = {
-            name: predict(model, ds, cfg.valid_batch_size) for name, ds in sets.items()
-        }
+        predictions = {name: predict(model, ds, cfg.valid_batch_size) for name, ds in sets.items()}
         tables = {name: error_rows(p) for name, p in predictions.items()}
         text = format_table(tables)
         _write_text(self.run_dir / f"{cfg.name}.errors.txt", text + "\n")
@@ -555,6 +626,10 @@ class Trainer:
         }
         if self.resume_changes:
             provenance["resume_changes"] = self.resume_changes
+        if self.fine_tuning is not None:
+            provenance["foundation"] = self.fine_tuning.foundation
+            provenance["fine_tuning"] = self.fine_tuning.report
+            provenance["e0s"] = self.fine_tuning.e0_source
         path = save_model(self.model, self.run_dir / f"{cfg.name}.safetensors", provenance)
         return TrainResult(path, tables, text, self.epoch)
 
@@ -569,15 +644,18 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+def train(
+    cfg: TrainConfig, progress: bool = True, resolve: Callable[[str], Path] | None = None
+) -> TrainResult:
     """Train a model as configured; returns the saved model's path and the error tables.
+    ``resolve``: see :class:`Trainer`.
 
     Holds the lock of the run's files (``WORK_DIR/NAME.lock``) from start to end: a second
     run with the same work dir and name raises
     :class:`openmace.train.checkpoint.WorkDirLocked` naming the process that holds it.
     """
     with WorkDirLock(cfg.run_dir, cfg.name):
-        trainer = Trainer(cfg, progress)
+        trainer = Trainer(cfg, progress, resolve)
         trainer.setup()
         _write_text(cfg.run_dir / f"{cfg.name}.config.json", json.dumps(cfg.to_dict(), indent=1))
         trainer.run()
