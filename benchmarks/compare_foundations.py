@@ -19,7 +19,7 @@ compute energy, forces and stress at every call.
 
 A case runs in fresh processes, one per (tool, allocator), in the order mace-torch glibc,
 openmace glibc, mace-torch jemalloc, openmace jemalloc, openmace mallopt (``keep_freed_memory``
-of ``openmace.cli.allocator``, what ``openmace md/eval/train`` do), so the tools alternate.
+of ``openmace.allocator``, what ``openmace md/eval/train`` do), so the tools alternate.
 Allocators: ``glibc`` = the default malloc; ``jemalloc`` = ``LD_PRELOAD`` of libjemalloc.so.2
 with its default configuration; ``mallopt`` = openmace only. A process loads the calculator
 (``load_s``), makes one call and, when that took under a second, two more warm-up calls, then
@@ -139,7 +139,7 @@ OPENMACE_TIMER = (
     COMMON
     + """
 if sys.argv[7] == "mallopt":
-    from openmace.cli.allocator import keep_freed_memory
+    from openmace.allocator import keep_freed_memory
     assert keep_freed_memory()
 from openmace import MACECalculator
 start = time.perf_counter()

@@ -4,7 +4,8 @@ Every ``import`` in ``src/openmace`` counts, also those inside functions. Layers
 (a module may import its own layer's other packages only where the table below allows it):
 
     0  o3, kernels, version,       equivariant primitives, the compiled kernels' loader, the
-       memory                      memory limit (read by data and by the callers of the model)
+       memory, allocator           memory limit (read by data and by the callers of the model),
+                                   the allocator setting
     1  data                        reading, validation, neighbour lists, graphs, statistics
     2  model                       the reference maths
     3  accel                       swaps of the model's operators
@@ -33,6 +34,7 @@ LAYERS = {
     "model": 2,
     "accel": 3,
     "memory": 0,
+    "allocator": 0,
     "io": 4,
     "evaluation": 4,
     "train": 5,

@@ -416,3 +416,44 @@ def test_mace_omol_downloads_a_mace_torch_file_and_matches_mace_torch(server, mo
     for atoms, ref in zip(frames, reference["structures"]):
         atoms.calc = calc
         assert atoms.get_potential_energy() == pytest.approx(ref["energy"], abs=1e-9 * len(atoms))
+
+
+# --- names for fine-tuning (openmace train --foundation-model) ----------------------------------
+
+
+def test_resolve_any_takes_family_names_unique_names_and_paths(server, model_file, monkeypatch):
+    base, handler, _ = server
+    _mirror(monkeypatch, base)
+    assert fm.resolve_any("medium-mpa-0").name == MPA  # a name only "mp" has
+    assert fm.resolve_any("mp:medium-mpa-0").name == MPA
+    assert fm.resolve_any(str(model_file)) == model_file
+    with pytest.raises(FoundationModelError, match="several families: say mp:small or off:small"):
+        fm.resolve_any("small")
+    with pytest.raises(FoundationModelError, match="not a published model name.*mp:medium-mpa-0"):
+        fm.resolve_any("no-such-model")
+
+
+def test_train_fine_tunes_a_named_foundation(server, model_file, tmp_path, monkeypatch):
+    """``openmace train --foundation-model NAME`` end to end: downloaded (local server), its
+    SHA-256 recorded in the fine-tuned model's provenance."""
+    from openmace import load_model
+    from openmace.cli.main import main
+    from tests.helpers import molecules, write_xyz
+
+    base, handler, _ = server
+    handler.files["look-alike.safetensors"] = model_file.read_bytes()
+    address = "https://example.invalid/look-alike.safetensors"
+    monkeypatch.setitem(fm.URLS["mp"], "look-alike", address)
+    _mirror(monkeypatch, base)
+    data = write_xyz(tmp_path / "data.xyz", molecules(8))
+    work = tmp_path / "run"
+    argv = ["train", "--foundation-model", "mp:look-alike", "--train-file", str(data)]
+    argv += ["--epochs", "1", "--work-dir", str(work), "--quiet", "--valid-fraction", "0.25"]
+    assert main(argv) == 0
+    tuned = load_model(work / "model.safetensors")
+    foundation = tuned.provenance["foundation"]
+    assert foundation["name"] == "mp:look-alike"
+    assert foundation["sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert tuned.config.r_max == load_model(model_file).config.r_max
+    config = json.loads((work / "model.config.json").read_text())
+    assert config["lr"] == 1e-3 and config["e0s"] == "estimated"  # the fine-tuning defaults

@@ -1,4 +1,4 @@
-"""The long-running commands tell glibc's malloc to keep freed memory (cli/allocator.py)."""
+"""The long-running commands tell glibc's malloc to keep freed memory (openmace/allocator.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-CODE = "from openmace.cli.allocator import keep_freed_memory; print(keep_freed_memory())"
+CODE = "from openmace.allocator import keep_freed_memory; print(keep_freed_memory())"
 
 
 def _run(env_value: str | None) -> str:

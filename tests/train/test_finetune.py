@@ -247,6 +247,9 @@ def test_conflicting_model_options_are_named(tmp_path, foundation):
         Trainer(fine_tune_config(tmp_path, data, foundation, channels=8), False).setup()
     with pytest.raises(ValueError, match="r_max 4.5.*foundation: 3.0"):
         Trainer(fine_tune_config(tmp_path, data, foundation, r_max=4.5), False).setup()
+    # given explicitly, a value equal to plain training's default conflicts too
+    with pytest.raises(ValueError, match="r_max 5.0.*foundation: 3.0"):
+        Trainer(fine_tune_config(tmp_path, data, foundation, r_max=5.0), False).setup()
 
 
 def test_an_element_the_foundation_lacks_is_one_clear_error(tmp_path, foundation):

@@ -506,6 +506,17 @@ class InferenceMessages(nn.Module):
         numbers = kept + num_edges * (2 * sum(self.radial_mlp.sizes[:-1]) + 2 * SH_WIDTH)
         return int(numbers * itemsize * INFERENCE_MEMORY_FACTOR)
 
+    def unfused_weights_memory(self, num_edges: int, itemsize: int) -> int:
+        """Bytes of radial weights computed per edge outside the kernels (the nonlinear
+        block): the radial input and hidden layers autograd keeps and the weights, once per
+        edge (the gradients of the wide weights live one block at a time). MH-1 look-alike,
+        Cu 1000 atoms (86 000 edges), float32: peak 3.8 GB, estimate of the whole model 6.7 GB
+        (this term counted with the training factor it was 27 GB)."""
+        wide = self.tensor_product.num_paths * self.channels
+        numbers = 2 * sum(self.radial_mlp.sizes[:-1]) + wide
+        factor = COMPILED_MEMORY_FACTOR if self.kernels is not None else INFERENCE_MEMORY_FACTOR
+        return int(num_edges * numbers * itemsize * factor)
+
 
 SH_WIDTH = 16  # spherical harmonics and their intermediates per edge (max_ell 3)
 # what is kept is counted above; gradients and chunk buffers on top (measured peak RSS above

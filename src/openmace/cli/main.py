@@ -39,8 +39,8 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import NoReturn
 
+from openmace.allocator import keep_freed_memory
 from openmace.cli import convert, demo, eval, export, info, md, train
-from openmace.cli.allocator import keep_freed_memory
 from openmace.cli.devices import check_device
 
 COMMANDS = {

@@ -401,10 +401,11 @@ def _convert_contraction(
         if flag is not None and bool(flag):  # a path mace-torch switched off: zero weights
             weights = torch.zeros_like(weights)
         theirs = _symmetrised_polynomial(u, irrep, nu, dim)  # [K, M, n]
-        target = torch.einsum("kmn,ekc->ecmn", theirs, weights)
         key = f"{irrep_index}_{nu}"
         if key not in ours.weights:
-            if target.abs().max() > 1e-12:
+            if any(
+                torch.einsum("kmn,kc->cmn", theirs, w).abs().max() > 1e-12 for w in weights
+            ):
                 raise ConversionError(f"{u_key}: polynomial outside the coupling basis")
             continue
         basis = coupling_basis(ours.irreps_in, irrep, nu).coefficients  # [K', M, n]
@@ -412,19 +413,23 @@ def _convert_contraction(
             [1.0 / monomial_multiplicity(m) for m in monomials(dim, nu)], dtype=torch.float64
         )
         norm = torch.einsum("kmn,jmn,n->kj", basis, basis, metric)
-        coeffs = torch.einsum("kmn,ecmn,n->eck", basis, target, metric)
-        solved = torch.linalg.solve(norm, coeffs.reshape(-1, basis.shape[0]).T).T
-        solved = solved.reshape(weights.shape[0], weights.shape[2], basis.shape[0])
-        rebuilt = torch.einsum("kmn,eck->ecmn", basis, solved)
-        residual = (rebuilt - target).abs().max()
-        # the stored U carries its dtype's rounding (float32 models: ~1e-7 relative)
-        tolerance = max(1e-9, 100 * torch.finfo(u.dtype).eps)
-        if residual > tolerance * max(1.0, float(target.abs().max())):
-            raise ConversionError(f"{u_key}: projection residual {float(residual):.2e}")
         # our weights are per coupling tree (w_basis = frame @ w_trees): the minimum-norm
         # tree weights give exactly these basis coefficients
-        frame = tree_frame(ours.irreps_in, irrep, nu)
-        trees = torch.einsum("tk,eck->etc", torch.linalg.pinv(frame), solved)
+        to_trees = torch.linalg.pinv(tree_frame(ours.irreps_in, irrep, nu))
+        # the stored U carries its dtype's rounding (float32 models: ~1e-7 relative)
+        tolerance = max(1e-9, 100 * torch.finfo(u.dtype).eps)
+        trees = []
+        for element_weights in weights:  # one element at a time: [C, M, n] polynomials, not
+            # [E, C, M, n] (0.2 GB per intermediate for 89 elements and 128 channels)
+            target = torch.einsum("kmn,kc->cmn", theirs, element_weights)
+            coeffs = torch.einsum("kmn,cmn,n->ck", basis, target, metric)
+            solved = torch.linalg.solve(norm, coeffs.T).T  # [C, K']
+            rebuilt = torch.einsum("kmn,ck->cmn", basis, solved)
+            residual = (rebuilt - target).abs().max()
+            if residual > tolerance * max(1.0, float(target.abs().max())):
+                raise ConversionError(f"{u_key}: projection residual {float(residual):.2e}")
+            trees.append(torch.einsum("tk,ck->tc", to_trees, solved))
+        trees = torch.stack(trees)  # [E, trees, C]
         _set(ours.weights[key], trees)
 
 

@@ -148,6 +148,12 @@ class EdgeMessages(nn.Module):
         numbers += num_edges * sum(self.radial_mlp.sizes)
         return int(numbers * itemsize * TRAINING_MEMORY_FACTOR)
 
+    def unfused_weights_memory(self, num_edges: int, itemsize: int) -> int:
+        """Bytes of radial weights computed per edge outside :meth:`pooled` (the nonlinear
+        block: its radial input, the MLP's layers and output, their gradients)."""
+        numbers = 2 * sum(self.radial_mlp.sizes) + self.tensor_product.num_paths * self.channels
+        return int(num_edges * numbers * itemsize * TRAINING_MEMORY_FACTOR)
+
 
 class Gate(nn.Module):
     """Gated equivariant non-linearity: ``[SiLU(s), σ(g_1) v_1, σ(g_2) v_2, ...]`` with ``s``
@@ -362,7 +368,5 @@ class InteractionBlock(nn.Module):
         nonlinear block also keeps per edge its radial input and weights)."""
         total = self.messages.working_memory(num_atoms, num_edges, itemsize)
         if self.gate is not None:
-            tp = self.messages.tensor_product
-            per_edge = 2 * sum(self.messages.radial_mlp.sizes) + tp.num_paths * self.channels
-            total += int(num_edges * per_edge * itemsize * TRAINING_MEMORY_FACTOR)
+            total += self.messages.unfused_weights_memory(num_edges, itemsize)
         return int(total)

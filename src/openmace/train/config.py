@@ -181,6 +181,8 @@ class TrainConfig(ModelOptions):
     def __post_init__(self) -> None:
         #: fine-tuning defaults applied by build_config (name -> value); not an option
         self.fine_tuning_defaults: dict[str, Any] = {}
+        #: the options the user gave (set by build_config; None: unknown, e.g. built in Python)
+        self.given_options: set[str] | None = None
         problems = []
 
         def need(condition: bool, message: str) -> None:
@@ -393,6 +395,7 @@ def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> Tr
                 merged[name] = applied[name] = value
     cfg = TrainConfig(**merged)
     cfg.fine_tuning_defaults = applied
+    cfg.given_options = set(merged) - set(applied)
     return cfg
 
 

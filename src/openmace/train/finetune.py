@@ -125,18 +125,24 @@ def file_sha256(path: Path) -> str:
 
 
 def option_conflicts(cfg: TrainConfig, model: MACE) -> list[str]:
-    """Model options given in ``cfg`` (differing from their defaults) that differ from the
-    foundation's, as ``name value (foundation: value)``."""
+    """Model options given in ``cfg`` that differ from the foundation's, as ``name value
+    (foundation: value)``. Given: named in the file or flags (``cfg.given_options``), or, for
+    a config built in Python, differing from the option's default."""
     defaults = TrainConfig.__dataclass_fields__
     found = model.config.to_dict()
+    given = cfg.given_options
     conflicts = []
     for name in MODEL_OPTIONS:
         value = getattr(cfg, name)
-        spec = defaults[name]
-        default = spec.default_factory() if callable(spec.default_factory) else spec.default
-        if value == default or name not in found or _same(value, found[name]):
-            continue
-        conflicts.append(f"{name} {value!r} (foundation: {found[name]!r})")
+        if given is not None:
+            conveniences = name == "hidden_irreps" and bool({"channels", "max_L"} & given)
+            named = name in given or conveniences
+        else:
+            spec = defaults[name]
+            default = spec.default_factory() if callable(spec.default_factory) else spec.default
+            named = value != default
+        if named and name in found and not _same(value, found[name]):
+            conflicts.append(f"{name} {value!r} (foundation: {found[name]!r})")
     return conflicts
 
 
@@ -275,8 +281,9 @@ def _check_foundation_elements(configs: list[Configuration], model: MACE, what: 
     check_elements(
         configs,
         known,
-        f"in the {what} are not among the foundation model's {len(known)} elements; "
-        "fine-tuning cannot add elements",
+        f"in the {what} are not among the model's {len(known)} elements (the foundation's, "
+        "or the training data's with --foundation-elements data); fine-tuning cannot add "
+        "elements",
     )
 
 
