@@ -138,7 +138,8 @@ def openmace_command(args, name: str, work: Path, train: Path, extra: dict) -> l
 
 
 def runs(args, folder: Path, size: int) -> list[tuple[str, str, list[str], Path, Path]]:
-    """(label, tool, command, working folder, model file) of every run of one size."""
+    """(label, tool, command, size folder, model file) of every run of one size (each tool
+    runs in its own subfolder of the size folder)."""
     train = folder / "data" / f"target_{size}.xyz"
     foundation = folder / "foundation" / "foundation.model"
     replay = folder / "data" / "pretrain.xyz"
@@ -184,7 +185,7 @@ def runs(args, folder: Path, size: int) -> list[tuple[str, str, list[str], Path,
     for label, extra in theirs.items():
         name = "mace_" + label.split()[1].replace("-", "")
         cmd = mace_command(args, name, train, extra)
-        out.append((label, "mace-torch", cmd, work / "mace", work / "mace" / f"{name}.model"))
+        out.append((label, "mace-torch", cmd, work, work / "mace" / f"{name}.model"))
     return out
 
 

@@ -348,3 +348,22 @@ def test_save_and_load_of_a_multihead_fine_tune(tmp_path):
         a = two(graph)["energy"]
         b = again(graph)["energy"]
         assert torch.equal(a.detach(), b.detach())
+
+
+def test_a_foundation_head_called_default_in_any_case_becomes_pt_head(tmp_path, foundation):
+    """mace-torch names a single head "Default": the replay fine-tune must not end up with
+    heads "Default" and "default" (and pick the foundation's for ``head=None``)."""
+    from openmace.model.heads import head_index
+    from openmace.train.finetune import replace_head_names
+
+    renamed = replace_head_names(load_model(foundation), ["Default"])
+    path = save_model(renamed, tmp_path / "mace_style.safetensors")
+    data = write_xyz(tmp_path / "ft.xyz", molecules(6, seed=2))
+    replay = write_xyz(tmp_path / "replay.xyz", molecules(6, seed=3))
+    cfg = fine_tune_config(
+        tmp_path, data, path, multihead_finetuning=True, pt_train_file=str(replay)
+    )
+    trainer = Trainer(cfg, False)
+    trainer.setup()
+    assert trainer.model.config.heads == ["pt_head", "default"]
+    assert head_index(trainer.model.config, None) == 1

@@ -61,7 +61,8 @@ log = logging.getLogger("openmace.train")
 OFFSET_WARNING = 0.4
 """eV/atom: a starting per-element offset above this means wrong E0s or another level of theory."""
 PT_HEAD = "pt_head"
-"""Name of the foundation's head in a replay fine-tune (when it is called ``default``)."""
+"""Name of the foundation's head in a replay fine-tune when it is called ``default`` (any case:
+mace-torch calls a single head ``Default``), so that ``default`` names the new head only."""
 GROUPS = ("embedding", "interactions", "products", "readouts")
 
 
@@ -366,7 +367,7 @@ def prepare_fine_tuning(
     pt_train = pt_valid = None
     if cfg.multihead_finetuning:
         foundation_head = model
-        if head == "default":
+        if head.lower() == "default":  # mace-torch names its single head "Default"
             model = replace_head_names(model, [PT_HEAD])
         energies = [
             float(e0s.get(z, e)) for z, e in zip(model.config.atomic_numbers, _energies_of(model))
