@@ -17,9 +17,10 @@
    with its safe reader, so both codes fine-tune the same weights.
 3. **Runs**, per size: (a) openmace from scratch (the foundation's architecture, lr 0.01, E0s
    average); (b) naive fine-tuning, openmace and mace-torch (``--E0s estimated``, lr 1e-3,
-   all weights); (c) multi-head replay fine-tuning, openmace and mace-torch (replay: 100
-   random structures of the foundation's training set, ``weight_pt_head`` 1, mace-torch with
-   ``--force_mh_ft_lr True`` so that it uses the same lr and EMA). Every run: ``--epochs``,
+   all weights); (c) multi-head replay fine-tuning, openmace and mace-torch (replay: the same
+   ``--replay`` random structures of the foundation's training set for both, written once to
+   ``replay_N.xyz``; ``weight_pt_head`` 1; mace-torch with ``--force_mh_ft_lr True`` so that it
+   uses the same lr and EMA). Every run: ``--epochs``,
    batch 5, EMA 0.99, loss weights 1/100, float32, seed 1, 10 % validation; an openmace run and
    a mace-torch run go side by side, ``--threads`` each.
 4. **Table**: test energy MAE (meV/atom) and force MAE (meV/Å) on the new system, and the
@@ -95,6 +96,20 @@ def prepare(data: Path, folder: Path, sizes: list[int]) -> None:
     write(folder / "target_test.xyz", test)
 
 
+def replay_file(folder: Path, count: int) -> Path:
+    """``count`` random structures (seed 1) of the foundation's training set: the replay data
+    both codes get (mace-torch 0.3.16 ignores ``--num_samples_pt`` for a ``--pt_train_file``
+    and replays all of it, so the subsample is made here, once, for both)."""
+    from ase.io import read, write
+
+    path = folder / f"replay_{count}.xyz"
+    if not path.exists():
+        frames = read(folder / "pretrain.xyz", ":")
+        pick = np.random.default_rng(1).choice(len(frames), count, replace=False)
+        write(path, [frames[k] for k in sorted(pick)])
+    return path
+
+
 def mace_command(args, name: str, train: Path, extra: dict) -> list[str]:
     flags = {
         "name": name,
@@ -142,7 +157,7 @@ def runs(args, folder: Path, size: int) -> list[tuple[str, str, list[str], Path,
     runs in its own subfolder of the size folder)."""
     train = folder / "data" / f"target_{size}.xyz"
     foundation = folder / "foundation" / "foundation.model"
-    replay = folder / "data" / "pretrain.xyz"
+    replay = replay_file(folder / "data", args.replay)
     epochs = str(args.epochs)
     out = []
     work = folder / f"n{size}"
@@ -166,6 +181,7 @@ def runs(args, folder: Path, size: int) -> list[tuple[str, str, list[str], Path,
         out.append((label, "openmace", cmd, work, work / "openmace" / f"{name}.safetensors"))
     mace_tuned = {
         "foundation_model": str(foundation),
+        "foundation_model_elements": "True",  # keep Cu and Si, as openmace does by default
         "E0s": "estimated",
         "lr": "0.001",
         "max_num_epochs": epochs,
@@ -256,6 +272,16 @@ def errors(model_path: Path, test: Path, head: str | None) -> dict[str, float]:
     return {"e": 1000 * float(np.mean(e_err)), "f": 1000 * float(np.mean(np.concatenate(f_err)))}
 
 
+def covers(model_path: Path, test: Path) -> bool:
+    """Whether the model knows every element of the test file."""
+    from ase.io import read
+
+    from openmace import load_model
+
+    known = set(load_model(model_path).config.atomic_numbers)
+    return all(set(a.numbers.tolist()) <= known for a in read(test, ":"))
+
+
 def user_head(model_path: Path) -> str | None:
     from openmace import load_model
 
@@ -275,7 +301,9 @@ def table(args, folder: Path, sizes: list[int]) -> list[dict]:
                 continue
             head = user_head(path)
             new = errors(path, data / "target_test.xyz", head)
-            old = errors(path, data / "foundation_test.xyz", "pt_head" if head else None)
+            old = None  # a model without Cu and Si (from scratch) has no foundation-test error
+            if covers(path, data / "foundation_test.xyz"):
+                old = errors(path, data / "foundation_test.xyz", "pt_head" if head else None)
             rows.append({"size": size, "run": label, "tool": tool, "new": new, "old": old})
     print(
         f"fine-tuning benchmark, {time.strftime('%Y-%m-%d %H:%M')}; epochs {args.epochs}, "
@@ -293,8 +321,11 @@ def table(args, folder: Path, sizes: list[int]) -> list[dict]:
         new = row["new"]
         cells = [str(row["size"]), row["run"], row["tool"]]
         cells += [f"{new['e']:.2f}", f"{new['f']:.1f}"] if new else ["-", "-"]
-        old = row["old"]["f"]
-        cells += [f"{old:.1f}", f"{old / base['f']:.2f}×"]
+        if row["old"] is None:
+            cells += ["-", "-"]
+        else:
+            old = row["old"]["f"]
+            cells += [f"{old:.1f}", f"{old / base['f']:.2f}×"]
         print("| " + " | ".join(cells) + " |")
     return rows
 
@@ -307,7 +338,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="25,100")
     parser.add_argument("--pretrain-epochs", type=int, default=25)
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--replay", type=int, default=100)
+    parser.add_argument("--replay", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--stage", choices=["data", "foundation", "runs", "table"])
     parser.add_argument("--json", type=Path)
