@@ -16,7 +16,8 @@
    mace-torch ``.model`` file, as every published foundation is. openmace reads that same file
    with its safe reader, so both codes fine-tune the same weights.
 3. **Runs**, per size: (a) openmace from scratch (the foundation's architecture, lr 0.01, E0s
-   average); (b) naive fine-tuning, openmace and mace-torch (``--E0s estimated``, lr 1e-3,
+   average; squared loss, and Huber with threshold 0.01 as the fine-tunes use); (b) naive
+   fine-tuning, openmace and mace-torch (``--E0s estimated``, lr 1e-3,
    all weights); (c) multi-head replay fine-tuning, openmace and mace-torch (replay: the same
    ``--replay`` random structures of the foundation's training set for both, written once to
    ``replay_N.xyz``; ``weight_pt_head`` 1; mace-torch with ``--force_mh_ft_lr True`` so that it
@@ -172,6 +173,7 @@ def runs(args, folder: Path, size: int) -> list[tuple[str, str, list[str], Path,
     }
     ours = {
         "(a) scratch": {**arch, "e0s": "average", "lr": "0.01"},
+        "(a) scratch-huber": {**arch, "e0s": "average", "lr": "0.01", "loss": "huber"},
         "(b) naive": tuned,
         "(c) multi-head": {**tuned, **multi},
     }

@@ -277,10 +277,15 @@ def test_fine_tuning_flags_without_a_foundation_are_refused(tmp_path, options, m
 
 def test_fine_tuning_defaults_are_applied_only_where_not_given():
     cfg = build_config({}, {"train_file": "x.xyz", "foundation_model": "f.model"})
-    assert cfg.lr == 1e-3 and cfg.e0s == "estimated"
-    assert cfg.fine_tuning_defaults == {"lr": 1e-3, "e0s": "estimated"}
+    assert cfg.lr == 1e-3 and cfg.e0s == "estimated" and cfg.loss == "huber"
+    assert cfg.fine_tuning_defaults == {
+        "lr": 1e-3,
+        "e0s": "estimated",
+        "loss": "huber",
+        "huber_delta": 0.01,
+    }
     cfg = build_config({"lr": 0.01}, {"train_file": "x.xyz", "foundation_model": "f.model"})
-    assert cfg.lr == 0.01 and cfg.fine_tuning_defaults == {"e0s": "estimated"}
+    assert cfg.lr == 0.01 and "lr" not in cfg.fine_tuning_defaults
     assert build_config({}, {"train_file": "x.xyz"}).lr == 0.01
 
 
