@@ -372,3 +372,17 @@ def test_a_foundation_head_called_default_in_any_case_becomes_pt_head(tmp_path, 
     trainer.setup()
     assert trainer.model.config.heads == ["pt_head", "default"]
     assert head_index(trainer.model.config, None) == 1
+
+
+def test_one_composition_warns_that_estimated_e0s_are_a_split(tmp_path, foundation, caplog):
+    def warnings(name, frames):
+        data = write_xyz(tmp_path / f"{name}.xyz", relabelled(foundation, frames))
+        cfg = fine_tune_config(tmp_path / name, data, foundation, e0s="estimated")
+        caplog.clear()
+        with caplog.at_level("INFO", logger="openmace.train"):
+            Trainer(cfg, False).setup()
+        return [r.message for r in caplog.records if r.levelname == "WARNING"]
+
+    assert not any("compositions fix only" in w for w in warnings("six", varied(12, seed=4)))
+    water = [a for a in varied(24, seed=5) if a.get_chemical_formula() == "H2O"]
+    assert any("fix only 1 of the 2 elements" in w for w in warnings("water", water))

@@ -189,6 +189,16 @@ def estimate_e0s(
     return {z: float(solution[k]) for z, k in column.items()}
 
 
+def composition_rank(configs: list[Configuration], elements: list[int]) -> int:
+    """Rank of the structures' element-count matrix: how many E0s their energies determine."""
+    column = {z: k for k, z in enumerate(elements)}
+    counts = np.zeros((len(configs), len(elements)))
+    for row, config in enumerate(configs):
+        for z in config.atomic_numbers:
+            counts[row, column[int(z)]] += 1
+    return int(np.linalg.matrix_rank(counts)) if len(configs) else 0
+
+
 def with_e0s(model: MACE, e0s: dict[int, float]) -> MACE:
     """A single-head ``model`` with the E0s of the elements in ``e0s`` replaced."""
     config = model.config
@@ -343,6 +353,14 @@ def prepare_fine_tuning(
     if data.e0_source == "estimated":
         e0s = estimate_e0s(data.train, learned, data.elements)
         source = "estimated: least squares of the reference energies minus the foundation's"
+        rank = composition_rank(data.train, data.elements)
+        if rank < len(data.elements):
+            report.append(
+                f"WARNING: the training structures' compositions fix only {rank} of the "
+                f"{len(data.elements)} elements' E0s (estimated E0s are a minimum-norm split): "
+                "energies of other compositions will be offset; add structures of other "
+                "compositions, or use --e0s foundation"
+            )
     elif data.e0_source == "foundation":
         e0s = dict(zip(model.config.atomic_numbers, model.config.atomic_energies))
         source = "the foundation's"
