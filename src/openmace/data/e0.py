@@ -48,19 +48,31 @@ def isolated_atom_energies(configs: list[Configuration], source: str) -> dict[in
     return out
 
 
-def fit_e0s(configs: list[Configuration], elements: list[int]) -> dict[int, float]:
-    """Least-squares E0s from total energies (minimum-norm solution if underdetermined)."""
-    labelled = [c for c in configs if c.energy is not None]
-    if not labelled:
-        raise DataError("training set", None, "cannot fit E0s: no structure has an energy")
+def composition_matrix(configs: list[Configuration], elements: list[int]) -> np.ndarray:
+    """How many atoms of each of ``elements`` each structure has: ``[structures, elements]``."""
     column = {z: k for k, z in enumerate(elements)}
-    counts = np.zeros((len(labelled), len(elements)))
-    for row, config in enumerate(labelled):
+    counts = np.zeros((len(configs), len(elements)))
+    for row, config in enumerate(configs):
         for z in config.atomic_numbers:
             counts[row, column[int(z)]] += 1
-    energies = np.array([c.energy for c in labelled])
+    return counts
+
+
+def fit_e0s(
+    configs: list[Configuration], elements: list[int], known: np.ndarray | None = None
+) -> dict[int, float]:
+    """Least-squares E0s fitting ``E - known ≈ Σ_z n_z E0_z`` over the structures with an
+    energy (minimum-norm solution if underdetermined); ``known``: a part of each structure's
+    energy already accounted for (eV, one per structure of ``configs``; default 0)."""
+    rows = [k for k, c in enumerate(configs) if c.energy is not None]
+    if not rows:
+        raise DataError("training set", None, "cannot fit E0s: no structure has an energy")
+    counts = composition_matrix([configs[k] for k in rows], elements)
+    energies = np.array([configs[k].energy for k in rows])
+    if known is not None:
+        energies = energies - np.asarray(known)[rows]
     solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
-    return {z: float(solution[k]) for z, k in column.items()}
+    return {z: float(solution[k]) for k, z in enumerate(elements)}
 
 
 def _parse_mapping(text: str, source: str) -> dict[int, float]:

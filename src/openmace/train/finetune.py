@@ -33,7 +33,6 @@ of plain training (:mod:`openmace.train.loop`). What this module decides:
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import re
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from ase.data import chemical_symbols
 from openmace.accel import for_inference
 from openmace.data.configurations import Configuration, Keys, read_configurations
 from openmace.data.dataset import GraphDataset
+from openmace.data.e0 import composition_matrix, fit_e0s
 from openmace.data.errors import DataError
 from openmace.evaluation.predict import predict_graphs
 from openmace.io.model_file import load_model
@@ -54,7 +54,7 @@ from openmace.model import MACE
 from openmace.model.elements import keep_elements
 from openmace.model.heads import add_head, head_index, single_head
 from openmace.train.config import MODEL_OPTIONS, TrainConfig
-from openmace.train.data_setup import TrainingData, check_elements
+from openmace.train.data_setup import TrainingData, check_elements, sha256
 
 log = logging.getLogger("openmace.train")
 
@@ -117,14 +117,6 @@ def apply_freeze(model: MACE, freeze: int | None) -> list[str]:
     return frozen
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def option_conflicts(cfg: TrainConfig, model: MACE) -> list[str]:
     """Model options given in ``cfg`` that differ from the foundation's, as ``name value
     (foundation: value)``. Given: named in the file or flags (``cfg.given_options``), or, for
@@ -171,34 +163,6 @@ def _energies_of(model: MACE) -> list[float]:
     return list(energies[-1])
 
 
-def estimate_e0s(
-    configs: list[Configuration], learned: np.ndarray, elements: list[int]
-) -> dict[int, float]:
-    """E0s (eV) of ``elements`` fitting ``E_ref - learned ≈ Σ_z n_z E0_z`` (least squares)."""
-    rows = [k for k, c in enumerate(configs) if c.energy is not None]
-    if not rows:
-        raise DataError("training set", None, "cannot estimate E0s: no structure has an energy")
-    column = {z: k for k, z in enumerate(elements)}
-    counts = np.zeros((len(rows), len(elements)))
-    target = np.zeros(len(rows))
-    for r, k in enumerate(rows):
-        for z in configs[k].atomic_numbers:
-            counts[r, column[int(z)]] += 1
-        target[r] = configs[k].energy - learned[k]
-    solution, *_ = np.linalg.lstsq(counts, target, rcond=None)
-    return {z: float(solution[k]) for z, k in column.items()}
-
-
-def composition_rank(configs: list[Configuration], elements: list[int]) -> int:
-    """Rank of the structures' element-count matrix: how many E0s their energies determine."""
-    column = {z: k for k, z in enumerate(elements)}
-    counts = np.zeros((len(configs), len(elements)))
-    for row, config in enumerate(configs):
-        for z in config.atomic_numbers:
-            counts[row, column[int(z)]] += 1
-    return int(np.linalg.matrix_rank(counts)) if len(configs) else 0
-
-
 def with_e0s(model: MACE, e0s: dict[int, float]) -> MACE:
     """A single-head ``model`` with the E0s of the elements in ``e0s`` replaced."""
     config = model.config
@@ -220,7 +184,7 @@ def starting_errors(
     if not rows:
         return float("nan"), {}
     mae = float(np.mean([abs(configs[k].energy - predicted[k]) / len(configs[k]) for k in rows]))
-    offsets = estimate_e0s([configs[k] for k in rows], predicted[rows], elements)
+    offsets = fit_e0s(configs, elements, predicted)
     return mae, offsets
 
 
@@ -314,7 +278,7 @@ def load_foundation(
     if not path.is_file():
         raise ValueError(f"--foundation-model {spec}: no such file")
     foundation = load_model(path, dtype=dtype, device=device)
-    info = {"name": spec, "path": str(path), "sha256": file_sha256(path)}
+    info = {"name": spec, "path": str(path), "sha256": sha256(path)}
     heads = list(foundation.config.heads)
     head = heads[head_index(foundation.config, cfg.foundation_head)]
     model = single_head(foundation, head) if len(heads) > 1 else foundation
@@ -351,9 +315,9 @@ def prepare_fine_tuning(
     # E0s of the data's elements
     learned = learned_energies(model, train_set, cfg.valid_batch_size)
     if data.e0_source == "estimated":
-        e0s = estimate_e0s(data.train, learned, data.elements)
+        e0s = fit_e0s(data.train, data.elements, learned)
         source = "estimated: least squares of the reference energies minus the foundation's"
-        rank = composition_rank(data.train, data.elements)
+        rank = int(np.linalg.matrix_rank(composition_matrix(data.train, data.elements)))
         if rank < len(data.elements):
             report.append(
                 f"WARNING: the training structures' compositions fix only {rank} of the "

@@ -204,13 +204,13 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         state = self._resume_state()  # before any data is read: refusals come first
-        self.data = load_training_data(cfg)
         self.fine_tuning: FineTuning | None = None
         foundation = None
         r_max = cfg.r_max
-        if cfg.foundation_model is not None:
+        if cfg.foundation_model is not None:  # before the data: a bad name fails at once
             foundation, info = load_foundation(cfg, self.dtype, self.device, self.resolve)
             r_max = foundation.config.r_max
+        self.data = load_training_data(cfg)
         # graphs (neighbour lists within r_max) once per structure; the statistics count on them,
         # so they exist before the model config (whose r_max is this declared option's value)
         self.train_set = GraphDataset(self.data.train, r_max)
