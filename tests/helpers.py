@@ -146,11 +146,13 @@ def make_config(tmp_path, train_file, **overrides):
     return build_config({}, values)
 
 
-def pooled_messages_case(paired: bool = False):
+def pooled_messages_case(paired: bool = False, nonlinear: bool = False):
     """A frozen interaction block (4-edge chunks) and random inputs for its pooled messages;
     ``paired``: the second half of the edges reverses the first and the radial features are
-    given for the first half only (paired_edges in graph.py)."""
-    model = for_inference(make_model(hidden_irreps="3x0e+3x1o", radial_mlp=[5, 4]))
+    given for the first half only (paired_edges in graph.py); ``nonlinear``: the non-linear
+    block (LayerNorm radial MLP with bias) with an envelope per radial row, also an input."""
+    options = {"interaction": "nonlinear"} if nonlinear else {}
+    model = for_inference(make_model(hidden_irreps="3x0e+3x1o", radial_mlp=[5, 4], **options))
     block = model.interactions[1]
     block.messages.edge_chunk = 4
     gen = torch.Generator().manual_seed(0)
@@ -168,6 +170,14 @@ def pooled_messages_case(paired: bool = False):
     receiver = torch.randint(0, n, (e,), generator=gen)
     if paired:
         sender[rows:], receiver[rows:] = receiver[:rows], sender[:rows]
+
+    if nonlinear:
+        cutoff = torch.rand(rows, 1, generator=gen, dtype=x.dtype, requires_grad=True)
+
+        def pooled(x, sh, radial, cutoff):
+            return block.messages(x, sh, radial, sender, receiver, cutoff)
+
+        return pooled, (x, sh, radial, cutoff), (block, sender, receiver)
 
     def pooled(x, sh, radial):
         return block.messages(x, sh, radial, sender, receiver)

@@ -61,26 +61,33 @@ def test_inference_path_equals_autograd_path(
         torch.testing.assert_close(fast[key], reference[key], rtol=0, atol=1e-12)
 
 
-def test_gradients_of_pooled_messages_match_finite_differences(cpu_implementation):
-    pooled, inputs, _ = pooled_messages_case()
+@pytest.mark.parametrize("nonlinear", [False, True], ids=["mlp", "layernorm_mlp_last_layer"])
+def test_gradients_of_pooled_messages_match_finite_differences(cpu_implementation, nonlinear):
+    pooled, inputs, _ = pooled_messages_case(nonlinear=nonlinear)
     assert torch.autograd.gradcheck(pooled, inputs)
 
 
+@pytest.mark.parametrize("nonlinear", [False, True], ids=["mlp", "layernorm_mlp_last_layer"])
 def test_second_derivatives_fall_back_to_autograd_and_match_finite_differences(
-    cpu_implementation,
+    cpu_implementation, nonlinear
 ):
     """create_graph=True (Hessians, force training through frozen weights) stays exact."""
-    pooled, inputs, _ = pooled_messages_case()
+    pooled, inputs, _ = pooled_messages_case(nonlinear=nonlinear)
     assert torch.autograd.gradgradcheck(pooled, inputs)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_compiled_kernels_equal_pytorch_operations_on_a_large_cell(threads, dtype, monkeypatch):
-    """Enough edges for the kernels to split the radial rows between threads; float32 too."""
+@pytest.mark.parametrize("channels", [16, 48, 97])
+def test_compiled_kernels_equal_pytorch_operations_on_a_large_cell(
+    threads, dtype, channels, monkeypatch
+):
+    """Enough edges for the kernels to split the radial rows between threads; float32 too;
+    channel counts that take every block width of the kernels (64 to 768 bytes, single
+    channels: 97 = 96 + 1)."""
     if not compiler_available():
         pytest.skip("no C++ compiler or ninja")
-    model = make_model(hidden_irreps="16x0e+16x1o").to(dtype)
+    model = make_model(hidden_irreps=f"{channels}x0e+{channels}x1o").to(dtype)
     atoms = triclinic_cell() * (2, 2, 2)
     graph = batch_atoms([atoms], model.config.r_max)
     assert graph.edge_index.shape[1] > 4 * 64 * 2  # rows for two threads

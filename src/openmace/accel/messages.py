@@ -226,12 +226,34 @@ def _fused_rows(x: torch.Tensor, width: int) -> int:
     return max(1, FUSED_CHUNK_BYTES // (width * x.element_size()))
 
 
+_scratch_buffers = threading.local()
+
+
+def _scratch(like: torch.Tensor, numel: int) -> torch.Tensor:
+    """A flat buffer of at least ``numel`` numbers (at most FUSED_CHUNK_BYTES), kept per thread,
+    device and dtype from call to call and shared by every layer: the weight gradient of one
+    chunk, consumed before the backward pass of the layer returns. A fresh buffer of this size
+    is page-faulted in at every call (~20 ms per layer for MH-1 on 64 atoms)."""
+    buffers = getattr(_scratch_buffers, "buffers", None)
+    if buffers is None:
+        buffers = _scratch_buffers.buffers = {}
+    key = (like.device, like.dtype)
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < numel:
+        buffer = buffers[key] = like.new_empty(numel)
+    return buffer[:numel]
+
+
 def _fused_backward(plan, grad_pooled, x, sh, radial, sender, receiver, all_weights, kept):
     """Gradients with respect to (x, Y, radial features) through the compiled kernels."""
     tp, kernels = plan, plan.kernels
     num_radial, c = radial.shape[0], x.shape[2]
     half = pair_offsets(num_radial, sh.shape[0])[-1]
-    chunk = max(num_radial, 1) if all_weights is not None else _fused_rows(x, tp.num_paths * c)
+    width = tp.num_paths * c
+    # identity plan: one chunk (its gradient is the kernel's output, returned without a copy);
+    # else cache-friendly chunks whose weight gradient lives in a scratch buffer kept per thread
+    identity = not plan.mlp_weights
+    chunk = max(num_radial, 1) if identity else _fused_rows(x, width)
     grad_pooled = grad_pooled.contiguous()
     parts = _scatter_copies(x, x.shape[1], num_radial)  # as in the forward pass
     grad_x = x.new_zeros((parts, *x.shape))
@@ -240,15 +262,15 @@ def _fused_backward(plan, grad_pooled, x, sh, radial, sender, receiver, all_weig
     grad_radial = radial.new_empty(radial.shape) if chunk < num_radial else None
     rows = min(chunk, num_radial)  # buffers reused by every chunk (see the forward pass)
     weights_buffer = x.new_empty((rows, tp.num_paths * c)) if all_weights is None else None
-    grad_buffer = x.new_empty((rows, tp.num_paths, c))
+    grad_buffer = x.new_empty((rows, width)) if identity else _scratch(x, rows * width)
     for a in range(0, num_radial, chunk):
         b = min(a + chunk, num_radial)
         if weights_buffer is None:
             weights = all_weights[a:b]
         else:
             weights = _chunk_weights(plan, kept, radial, a, b, weights_buffer[: b - a])
-        grad_weights = grad_buffer[: b - a].zero_()
-        kernels.pooled_backward(
+        grad_weights = grad_buffer[: (b - a) * width].view(b - a, tp.num_paths, c)
+        kernels.pooled_backward(  # writes grad_weights
             grad_x,
             grad_sh,
             grad_weights,
@@ -441,13 +463,18 @@ class InferenceMessages(nn.Module):
         self.workspaces: dict = {}
         self._reference = (reference,)  # a tuple: not registered as a child module
 
-    def plan(self, fused_mlp: bool = True) -> MessagePlan:
-        """The frozen plan; ``fused_mlp=False``: the radial weights are computed outside (the
-        LayerNorm MLP, or the envelope multiplying the MLP's output) and passed in place of
-        the radial features."""
+    def plan(
+        self, fused_mlp: bool = True, last_layer: torch.Tensor | None = None
+    ) -> MessagePlan:
+        """The frozen plan; ``fused_mlp=False``: the radial weights are computed outside and
+        passed in place of the radial features; ``last_layer`` (a matrix): the inputs of the
+        MLP's last layer are passed (:func:`last_layer_inputs`) and the plan applies it."""
         tp, mlp = self.tensor_product, self.radial_mlp
         reference = self._reference[0]
-        if fused_mlp:
+        if last_layer is not None:
+            weights, act_scale = (last_layer,), 1.0
+            fallback = partial(_pooled_from_last_layer, reference, last_layer)
+        elif fused_mlp:
             weights = tuple(w.detach() * w.shape[0] ** -0.5 for w in mlp.weights)
             act_scale, fallback = mlp.act.scale, reference
         else:
@@ -483,8 +510,14 @@ class InferenceMessages(nn.Module):
             )
         if cutoff is None and isinstance(self.radial_mlp, MLP):
             return PooledMessages.apply(x, sh, radial, sender, receiver, self.plan())
-        # the radial weights by autograd (per radial row: the MLP is not fused), then the sums
-        weights = enveloped_weights(self.radial_mlp, radial, cutoff)
+        split = last_layer_inputs(self.radial_mlp, radial, cutoff)
+        if split is not None:  # the narrow layers by autograd, the wide last one in the plan
+            inputs, matrix = split
+            plan = self.plan(last_layer=matrix)
+            return PooledMessages.apply(x, sh, inputs, sender, receiver, plan)
+        # another radial MLP: its weights by autograd (per radial row), then the sums
+        weights = self.radial_mlp(radial)
+        weights = weights * cutoff if cutoff is not None else weights
         return PooledMessages.apply(x, sh, weights, sender, receiver, self.plan(fused_mlp=False))
 
     def working_memory(self, num_atoms: int, num_edges: int, itemsize: int) -> int:
@@ -528,27 +561,32 @@ INFERENCE_MEMORY_FACTOR = 1.5
 COMPILED_MEMORY_FACTOR = 1.5
 
 
-def enveloped_weights(
+def _pooled_from_last_layer(reference, matrix, x, sh, inputs, sender, receiver):
+    """The reference's pooled messages from the last layer's inputs (second derivatives)."""
+    return reference.pooled(x, sh, inputs @ matrix, sender, receiver, None, apply_mlp=False)
+
+
+def last_layer_inputs(
     mlp: nn.Module, radial: torch.Tensor, cutoff: torch.Tensor | None
-) -> torch.Tensor:
-    """``mlp(radial) · cutoff`` (``[rows, width]``; ``cutoff [rows, 1]`` or None) with the
-    envelope applied before the last layer, where rows are narrow: for the LayerNorm MLP
-    ``(h c) W + c b`` as one product ``[h c, c] @ [W; b]``, for the plain MLP ``(h c) W``. The
-    same numbers up to rounding, without a multiplication (and its gradient) of the wide
-    output ``[rows, width]``."""
-    if cutoff is None:
-        return mlp(radial)
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(inputs [rows, k], matrix [k, width])`` with ``mlp(radial) · cutoff = inputs @
+    matrix``: the narrow layers by autograd, the envelope applied to the last layer's input
+    where rows are narrow (``(h c) W + c b = [h c, c] @ [W; b]``: the same numbers up to
+    rounding, without a product of the wide output and its gradient), the wide last layer left to the kernels' plan (its product and
+    gradient without autograd, chunk by chunk). For the LayerNorm MLP the bias is a last input
+    column (the envelope, or ones); None for other radial MLPs."""
     if isinstance(mlp, LayerNormMLP):
         h = radial
         for layer in mlp.layers[:-1]:
             h = layer(h)
         last = mlp.layers[-1]
-        scaled = torch.cat([h * cutoff, cutoff], dim=1)
-        return torch.mm(scaled, torch.cat([last.weight, last.bias.unsqueeze(0)], dim=0))
-    if isinstance(mlp, MLP):
+        scale = cutoff if cutoff is not None else h.new_ones((h.shape[0], 1))
+        inputs = torch.cat([h * scale, scale], dim=1)
+        return inputs, torch.cat([last.weight, last.bias.unsqueeze(0)], dim=0).detach()
+    if isinstance(mlp, MLP) and cutoff is not None:
         h = radial
         for w in list(mlp.weights)[:-1]:
             h = mlp.act(h @ (w * w.shape[0] ** -0.5))
         w = mlp.weights[-1]
-        return (h * cutoff) @ (w * w.shape[0] ** -0.5)
-    return mlp(radial) * cutoff
+        return h * cutoff, (w * w.shape[0] ** -0.5).detach()
+    return None
