@@ -572,9 +572,10 @@ def last_layer_inputs(
     """``(inputs [rows, k], matrix [k, width])`` with ``mlp(radial) · cutoff = inputs @
     matrix``: the narrow layers by autograd, the envelope applied to the last layer's input
     where rows are narrow (``(h c) W + c b = [h c, c] @ [W; b]``: the same numbers up to
-    rounding, without a product of the wide output and its gradient), the wide last layer left to the kernels' plan (its product and
-    gradient without autograd, chunk by chunk). For the LayerNorm MLP the bias is a last input
-    column (the envelope, or ones); None for other radial MLPs."""
+    rounding, without a product of the wide output and its gradient), the wide last layer
+    left to the kernels' plan (its product and gradient without autograd, chunk by chunk).
+    For the LayerNorm MLP the bias is a last input column (the envelope, or ones); None for
+    other radial MLPs."""
     if isinstance(mlp, LayerNormMLP):
         h = radial
         for layer in mlp.layers[:-1]:
