@@ -40,7 +40,7 @@ from types import ModuleType
 from typing import NoReturn
 
 from openmace.allocator import keep_freed_memory
-from openmace.cli import convert, demo, eval, export, info, md, train
+from openmace.cli import convert, demo, eval, export, info, lammps_plugin, md, train
 from openmace.cli.devices import check_device
 
 COMMANDS = {
@@ -51,6 +51,7 @@ COMMANDS = {
     "convert": convert,
     "export": export,
     "info": info,
+    "lammps-plugin": lammps_plugin,
 }
 LONG_RUNNING = ("train", "eval", "md")  # commands that run with malloc keeping freed memory
 EXIT_ERROR = 2  # an expected failure: bad input, a missing file, not enough memory, ...

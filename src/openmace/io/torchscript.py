@@ -115,12 +115,16 @@ def script_model(model: MACE) -> torch.jit.ScriptModule:
             f"a multi-head model is exported one head at a time (heads: {heads}): "
             "openmace.model.heads.single_head(model, name), or openmace export --head NAME"
         )
-    frozen = for_inference(model, "reference")
+    return script_module(_SingleStructure(for_inference(model, "reference")))
+
+
+def script_module(module: nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script(module)`` without PyTorch's deprecation warning."""
     with warnings.catch_warnings():
         # PyTorch 2.13 marks torch.jit.script deprecated in favour of torch.export; TorchScript
         # is what C++ MD engines load today, and forces need autograd.grad inside the graph
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        return torch.jit.script(_SingleStructure(frozen))
+        return torch.jit.script(module)
 
 
 def export_torchscript(model: MACE, path: str | Path) -> Path:

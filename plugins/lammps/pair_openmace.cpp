@@ -1,0 +1,278 @@
+/* pair_style openmace: MACE potentials exported by openmace (`openmace export --lammps`).
+
+   pair_style openmace [device cpu|cuda] [threads N]
+   pair_coeff * * model.pt El1 El2 ...        (one element symbol per LAMMPS atom type)
+
+   Exact under domain decomposition by a ghost shell of the full receptive field: a MACE model
+   with L message-passing layers of cutoff r_max gives each atom an energy that depends on the
+   positions of atoms up to L * r_max away. Each rank therefore keeps ghost atoms out to
+   L * r_max + skin (comm->cutghostuser), builds the graph of its local and ghost atoms from a
+   full neighbour list that includes ghosts (neighbour lists of ghost atoms near the shell's
+   outer edge are incomplete, which only changes features that no local energy depends on),
+   evaluates the model, and takes the energy of its local atoms only:
+
+       E_rank = sum over local atoms i of E_i,   F_k = -dE_rank / dr_k   for local and ghost k.
+
+   With newton pair on, LAMMPS' reverse communication adds the forces on ghost atoms to their
+   owners, so the total force on every atom is -dE/dr of the total energy. The global virial is
+   -sum_k r_k (x) dE_rank/dr_k over local and ghost atoms (virial_fdotr_compute), which sums
+   over ranks to the virial of the total energy. The price is the redundant work on ghost atoms
+   (measured: benchmarks/lammps.py); a per-layer exchange of node features would avoid it.
+
+   The model file holds a TorchScript module and the extra file lammps.txt (format below, written
+   by openmace.io.lammps); forward(positions [n, 3], atomic_numbers [n], edge_index [2, e],
+   num_local) returns energy [1] (eV, local atoms), node_energy [num_local] (eV) and forces
+   [n, 3] (eV/Å), for LAMMPS units metal.
+
+   Part of the openmace LAMMPS plugin; GNU General Public License version 2 (see LICENSE). */
+
+#include "pair_openmace.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
+
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+using namespace LAMMPS_NS;
+
+// the lammps.txt format this plugin reads; openmace.io.lammps.INTERFACE_VERSION writes it
+static constexpr int INTERFACE_VERSION = 1;
+
+PairOpenMACE::PairOpenMACE(LAMMPS *lmp) : Pair(lmp)
+{
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  ghostneigh = 1;  // neighbour lists of ghost atoms (the graph reaches into the ghost shell)
+  centroidstressflag = CENTROID_NOTAVAIL;
+}
+
+PairOpenMACE::~PairOpenMACE()
+{
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+    memory->destroy(cutghost);
+  }
+}
+
+void PairOpenMACE::allocate()
+{
+  allocated = 1;
+  const int n = atom->ntypes;
+  memory->create(setflag, n + 1, n + 1, "pair:setflag");
+  memory->create(cutsq, n + 1, n + 1, "pair:cutsq");
+  memory->create(cutghost, n + 1, n + 1, "pair:cutghost");
+  for (int i = 1; i <= n; i++)
+    for (int j = i; j <= n; j++) setflag[i][j] = 0;
+}
+
+void PairOpenMACE::settings(int narg, char **arg)
+{
+  for (int i = 0; i < narg; i += 2) {
+    if (i + 1 >= narg) error->all(FLERR, "pair_style openmace: keyword {} needs a value", arg[i]);
+    const std::string key = arg[i], value = arg[i + 1];
+    if (key == "device") {
+      if (value == "cpu") {
+        device_ = torch::kCPU;
+      } else if (value == "cuda") {
+        if (!torch::cuda::is_available())
+          error->all(FLERR, "pair_style openmace: device cuda requested but PyTorch sees no GPU");
+        device_ = torch::Device(torch::kCUDA, 0);
+      } else {
+        error->all(FLERR, "pair_style openmace: device must be cpu or cuda, not {}", value);
+      }
+    } else if (key == "threads") {
+      const int threads = utils::inumeric(FLERR, value, false, lmp);
+      if (threads < 1) error->all(FLERR, "pair_style openmace: threads must be >= 1");
+      at::set_num_threads(threads);
+    } else {
+      error->all(FLERR, "pair_style openmace: unknown keyword {} (keywords: device, threads)",
+                 key);
+    }
+  }
+}
+
+void PairOpenMACE::load_model(const std::string &path)
+{
+  if (!std::ifstream(path).good())
+    error->all(FLERR, "pair_style openmace: model file {} not found or not readable", path);
+  torch::jit::ExtraFilesMap extra{{"lammps.txt", ""}};
+  try {
+    model_ = torch::jit::load(path, device_, extra);
+  } catch (const std::exception &e) {
+    std::string what = e.what();
+    what = what.substr(0, what.find('\n'));
+    error->all(FLERR, "pair_style openmace: {} is not a model file openmace exported ({})", path,
+               what);
+  }
+  model_.eval();
+  std::istringstream text(extra["lammps.txt"]);
+  std::map<std::string, std::string> fields;
+  std::string line;
+  while (std::getline(text, line)) {
+    const auto space = line.find(' ');
+    if (space != std::string::npos) fields[line.substr(0, space)] = line.substr(space + 1);
+  }
+  if (!fields.count("openmace-lammps"))
+    error->all(FLERR,
+               "pair_style openmace: {} was not written by openmace export --lammps (no "
+               "lammps.txt inside: a plain TorchScript export?)",
+               path);
+  const int version = std::atoi(fields["openmace-lammps"].c_str());
+  if (version != INTERFACE_VERSION)
+    error->all(FLERR,
+               "pair_style openmace: {} uses model interface version {}, this plugin reads "
+               "version {}: rebuild the plugin (openmace lammps-plugin) with the openmace that "
+               "exported the model, or export it again",
+               path, version, INTERFACE_VERSION);
+  r_max_ = std::atof(fields["r_max"].c_str());
+  num_layers_ = std::atoi(fields["num_layers"].c_str());
+  dtype_ = fields["dtype"] == "float32" ? torch::kFloat32 : torch::kFloat64;
+  symbols_.clear();
+  numbers_.clear();
+  std::istringstream elements(fields["elements"]);
+  std::string entry;
+  while (elements >> entry) {  // symbol:Z
+    const auto colon = entry.find(':');
+    symbols_.push_back(entry.substr(0, colon));
+    numbers_.push_back(std::atoll(entry.substr(colon + 1).c_str()));
+  }
+  if (r_max_ <= 0 || num_layers_ < 1 || symbols_.empty())
+    error->all(FLERR, "pair_style openmace: {} has an incomplete lammps.txt", path);
+  path_ = path;
+  loaded_ = true;
+}
+
+void PairOpenMACE::coeff(int narg, char **arg)
+{
+  if (!allocated) allocate();
+  const int ntypes = atom->ntypes;
+  if (narg != 3 + ntypes)
+    error->all(FLERR,
+               "pair_coeff * * MODEL.pt ELEMENTS: {} element symbols given for {} atom types "
+               "(one per type)",
+               narg - 3, ntypes);
+  if (strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "pair_style openmace takes one pair_coeff * * MODEL.pt ELEMENTS");
+  load_model(arg[2]);
+  type_number_.assign(ntypes + 1, 0);
+  for (int t = 1; t <= ntypes; t++) {
+    const std::string symbol = arg[2 + t];
+    int found = -1;
+    for (size_t k = 0; k < symbols_.size(); k++)
+      if (symbols_[k] == symbol) found = static_cast<int>(k);
+    if (found < 0) {
+      std::string known;
+      for (const auto &s : symbols_) known += " " + s;
+      error->all(FLERR, "pair_coeff: element {} (type {}) is not in model {} (elements:{})",
+                 symbol, t, path_, known);
+    }
+    type_number_[t] = numbers_[found];
+  }
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = i; j <= ntypes; j++) setflag[i][j] = 1;
+}
+
+void PairOpenMACE::init_style()
+{
+  if (force->newton_pair == 0) error->all(FLERR, "pair_style openmace requires newton pair on");
+  if (!loaded_) error->all(FLERR, "pair_style openmace: no model (pair_coeff * * MODEL.pt ...)");
+  neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+  // ghost atoms out to the receptive field (plus the skin: atoms move between rebuilds)
+  const double shell = num_layers_ * r_max_ + neighbor->skin;
+  if (comm->cutghostuser < shell) comm->cutghostuser = shell;
+}
+
+double PairOpenMACE::init_one(int i, int j)
+{
+  cutghost[i][j] = cutghost[j][i] = r_max_;
+  return r_max_;
+}
+
+void PairOpenMACE::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+  if (vflag_atom)
+    error->all(FLERR, "pair_style openmace does not compute per-atom virials (stress/atom)");
+
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  double **x = atom->x;
+  double **f = atom->f;
+  const int *type = atom->type;
+  const int count = list->inum + list->gnum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+
+  // each pair closer than r_max once (from the list of its lower index, or of the atom that
+  // has a list), then the edges: the pairs one way, then reversed (the model detects this
+  // order and evaluates its radial functions once per pair)
+  std::vector<char> has_list(nall, 0);
+  for (int ii = 0; ii < count; ii++) has_list[ilist[ii]] = 1;
+  std::vector<int64_t> first, second;
+  const double cut2 = r_max_ * r_max_;
+  for (int ii = 0; ii < count; ii++) {
+    const int i = ilist[ii];
+    const int *jlist = firstneigh[i];
+    for (int jj = 0; jj < numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (j < i && has_list[j]) continue;  // found from j's list
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      if (dx * dx + dy * dy + dz * dz < cut2) {
+        first.push_back(i);
+        second.push_back(j);
+      }
+    }
+  }
+  const int64_t pairs = static_cast<int64_t>(first.size());
+  auto edge_index = torch::empty({2, 2 * pairs}, torch::kInt64);
+  int64_t *senders = edge_index.data_ptr<int64_t>(), *receivers = senders + 2 * pairs;
+  for (int64_t p = 0; p < pairs; p++) {
+    senders[p] = second[p];
+    receivers[p] = first[p];
+    senders[pairs + p] = first[p];
+    receivers[pairs + p] = second[p];
+  }
+  auto numbers = torch::empty({nall}, torch::kInt64);
+  int64_t *z = numbers.data_ptr<int64_t>();
+  for (int i = 0; i < nall; i++) z[i] = type_number_[type[i]];
+  auto positions = torch::from_blob(x[0], {nall, 3}, torch::kFloat64);
+
+  std::vector<torch::jit::IValue> inputs{positions.to(device_, dtype_), numbers.to(device_),
+                                         edge_index.to(device_), static_cast<int64_t>(nlocal)};
+  torch::Tensor energy, node_energy, forces;
+  try {
+    const auto out = model_.forward(inputs).toGenericDict();
+    energy = out.at("energy").toTensor().to(torch::kCPU, torch::kFloat64);
+    node_energy = out.at("node_energy").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+    forces = out.at("forces").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+  } catch (const std::exception &e) {
+    std::string what = e.what();
+    error->one(FLERR, "pair_style openmace: the model failed: {}", what.substr(0, 2000));
+  }
+  const double *fk = forces.data_ptr<double>();
+  for (int i = 0; i < nall; i++)
+    for (int k = 0; k < 3; k++) f[i][k] += fk[3 * i + k];
+  if (eflag_global) eng_vdwl += energy.item<double>();
+  if (eflag_atom) {
+    const double *e = node_energy.data_ptr<double>();
+    for (int i = 0; i < nlocal; i++) eatom[i] += e[i];
+  }
+  if (vflag_fdotr) virial_fdotr_compute();
+}

@@ -1,0 +1,116 @@
+"""The model file of LAMMPS' ``pair_style openmace`` (``openmace export --lammps``).
+
+A TorchScript module (PyTorch alone runs it) whose ``forward`` takes one rank's atoms, local
+atoms first and then ghost atoms (periodic images and atoms of neighbouring ranks, as explicit
+positions: no cell, no shifts):
+
+    positions [n, 3] (Å), atomic_numbers [n] (int64), edge_index [2, n_edges] (int64; sender,
+    receiver: every pair closer than r_max, both directions), num_local (int)
+
+and returns ``energy`` [1] (eV): the energy of the first ``num_local`` atoms, ``node_energy``
+[num_local] (eV) and ``forces`` [n, 3] (eV/Å) = -∂energy/∂positions for every atom, ghosts
+included (LAMMPS adds a ghost's force to its owner). Why the energy of local atoms only, and why
+this is exact on any number of ranks: ``plugins/lammps/pair_openmace.cpp``.
+
+The extra file ``lammps.txt`` tells the plugin what it needs without a JSON parser, one
+``key value`` per line: ``openmace-lammps`` (:data:`INTERFACE_VERSION`; the plugin refuses
+another), ``r_max`` (Å), ``num_layers``, ``dtype``, ``elements`` (``symbol:Z`` pairs) and
+``openmace`` (the exporting version). ``metadata.json`` is written as for the TorchScript export.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from ase.data import chemical_symbols
+from torch import nn
+
+from openmace.accel import for_inference
+from openmace.io.torchscript import EXTRA_FILE, export_metadata, script_module
+from openmace.model import MACE
+
+#: version of the model interface (forward's arguments and outputs, lammps.txt); the plugin's
+#: INTERFACE_VERSION in pair_openmace.cpp must be equal
+INTERFACE_VERSION = 1
+LAMMPS_FILE = "lammps.txt"
+
+
+class _RankAtoms(nn.Module):
+    """Adapter from one LAMMPS rank's atoms to :meth:`MACE.energy` (see the module docstring)."""
+
+    def __init__(self, model: MACE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        num_local: int,
+    ) -> dict[str, torch.Tensor]:
+        reference = self.model.atomic_energies
+        positions = positions.to(device=reference.device, dtype=reference.dtype).detach()
+        positions.requires_grad_(True)
+        n, num_edges = positions.shape[0], edge_index.shape[1]
+        _, node_energy = self.model.energy(
+            positions,
+            atomic_numbers.to(device=reference.device, dtype=torch.long),
+            positions.new_zeros((1, 3, 3)),
+            edge_index.to(device=reference.device, dtype=torch.long),
+            positions.new_zeros((num_edges, 3)),
+            torch.zeros(n, dtype=torch.long, device=reference.device),
+            1,
+        )
+        local = node_energy[:num_local]
+        energy = local.sum()
+        grads = torch.autograd.grad([energy], [positions], allow_unused=True)
+        grad = grads[0]
+        forces = -grad if grad is not None else torch.zeros_like(positions)
+        return {
+            "energy": energy.detach().reshape(1),
+            "node_energy": local.detach(),
+            "forces": forces.detach(),
+        }
+
+
+def lammps_fields(model: MACE) -> dict[str, str]:
+    """The ``lammps.txt`` entries of ``model``."""
+    from openmace.version import __version__
+
+    cfg = model.config
+    return {
+        "openmace-lammps": str(INTERFACE_VERSION),
+        "r_max": repr(float(cfg.r_max)),
+        "num_layers": str(len(model.interactions)),
+        "dtype": str(model.atomic_energies.dtype).removeprefix("torch."),
+        "elements": " ".join(f"{chemical_symbols[z]}:{z}" for z in cfg.atomic_numbers),
+        "openmace": __version__,
+    }
+
+
+def export_lammps(model: MACE, path: str | Path) -> Path:
+    """Write ``model`` (one head, no per-structure inputs) as the model file of
+    ``pair_style openmace``, atomically."""
+    from openmace.io.files import atomic_open
+
+    cfg = model.config
+    if len(cfg.heads) > 1:
+        raise ValueError(
+            f"a multi-head model is exported one head at a time (heads: {cfg.heads}): "
+            "openmace export --lammps --head NAME"
+        )
+    if cfg.embedding_specs:
+        raise ValueError(
+            "this model needs per-structure inputs "
+            f"({', '.join(cfg.embedding_specs)}), which LAMMPS does not provide"
+        )
+    scripted = script_module(_RankAtoms(for_inference(model, "reference")))
+    text = "".join(f"{key} {value}\n" for key, value in lammps_fields(model).items())
+    metadata = json.dumps(export_metadata(model), indent=1)
+    path = Path(path)
+    with atomic_open(path, "wb") as fh:
+        torch.jit.save(scripted, fh, _extra_files={EXTRA_FILE: metadata, LAMMPS_FILE: text})
+    return path
