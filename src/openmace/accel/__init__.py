@@ -30,9 +30,13 @@ reference (``openmace.model``)              swap (``openmace.accel``)
 * ``"pytorch"``: PyTorch operations with workspaces and a hand-written backward.
 * ``"reference"``: the reference edge messages and the frozen contraction: plain operations
   only, what the TorchScript export scripts.
+* ``"operators"``: the compiled kernels as PyTorch operators
+  (:mod:`openmace.accel.operators`): scriptable, what the LAMMPS model file runs; first
+  derivatives only, CPU only.
 
-Every swap gives the reference's numbers to rounding (tests: 1e-12 in float64) and stays exact
-for second derivatives (they fall back to the reference operations). Adding an implementation
+Every swap gives the reference's numbers to rounding (tests: 1e-12 in float64) and, except
+``"operators"``, stays exact for second derivatives (they fall back to the reference
+operations). Adding an implementation
 (a GPU kernel, a custom operator) means one more swap here, not a branch in the reference.
 The state dict of the copy equals the reference's (swaps register the same parameters).
 """
@@ -48,12 +52,13 @@ from torch import nn
 
 from openmace.accel.contraction import CompiledContraction, FrozenContraction
 from openmace.accel.messages import InferenceMessages
+from openmace.accel.operators import OperatorContraction, OperatorMessages
 from openmace.kernels import cpu_kernels
 from openmace.model import MACE
 from openmace.model.interaction import EdgeMessages
 from openmace.model.product import SymmetricContraction
 
-IMPLEMENTATIONS = ("auto", "compiled", "pytorch", "reference")
+IMPLEMENTATIONS = ("auto", "compiled", "pytorch", "reference", "operators")
 
 
 def _compiled_kernels(like: torch.Tensor, implementation: str) -> ModuleType | None:
@@ -62,6 +67,13 @@ def _compiled_kernels(like: torch.Tensor, implementation: str) -> ModuleType | N
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, not {implementation!r}")
     if implementation in ("pytorch", "reference"):
+        return None
+    if implementation == "operators":  # the kernels' operators must be registered: build them
+        if cpu_kernels() is None:
+            raise RuntimeError(
+                "the compiled operators need the compiled CPU kernels, which cannot be built "
+                "here (a C++ compiler and ninja; see the log for the build error)"
+            )
         return None
     if implementation == "auto" and os.environ.get("OPENMACE_KERNELS", "1") == "0":
         return None
@@ -80,6 +92,8 @@ def inference_messages(reference: EdgeMessages, implementation: str = "auto") ->
     kernels = _compiled_kernels(reference.tensor_product.cg_matrix, implementation)
     if implementation == "reference":
         return reference
+    if implementation == "operators":
+        return OperatorMessages(reference)
     return InferenceMessages(reference, kernels)
 
 
@@ -88,6 +102,8 @@ def inference_contraction(
 ) -> nn.Module:
     """The swap of one :class:`SymmetricContraction` (its parameters are shared, not copied)."""
     kernels = _compiled_kernels(reference.tree_basis, implementation)
+    if implementation == "operators":
+        return OperatorContraction(reference)
     if kernels is not None:
         return CompiledContraction(reference, kernels)
     return FrozenContraction(reference)

@@ -91,9 +91,11 @@ def lammps_fields(model: MACE) -> dict[str, str]:
     }
 
 
-def export_lammps(model: MACE, path: str | Path) -> Path:
+def export_lammps(model: MACE, path: str | Path, operators: bool = True) -> Path:
     """Write ``model`` (one head, no per-structure inputs) as the model file of
-    ``pair_style openmace``, atomically."""
+    ``pair_style openmace``, atomically. ``operators``: run the compiled kernels as PyTorch
+    operators (``torch.ops.openmace``, compiled into the plugin; CPU); else the reference
+    PyTorch operations (any device: ``pair_style openmace device cuda``)."""
     from openmace.io.files import atomic_open
 
     cfg = model.config
@@ -107,8 +109,10 @@ def export_lammps(model: MACE, path: str | Path) -> Path:
             "this model needs per-structure inputs "
             f"({', '.join(cfg.embedding_specs)}), which LAMMPS does not provide"
         )
-    scripted = script_module(_RankAtoms(for_inference(model, "reference")))
-    text = "".join(f"{key} {value}\n" for key, value in lammps_fields(model).items())
+    implementation = "operators" if operators else "reference"
+    scripted = script_module(_RankAtoms(for_inference(model, implementation)))
+    fields = {**lammps_fields(model), "implementation": implementation}
+    text = "".join(f"{key} {value}\n" for key, value in fields.items())
     metadata = json.dumps(export_metadata(model), indent=1)
     path = Path(path)
     with atomic_open(path, "wb") as fh:

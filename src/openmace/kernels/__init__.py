@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = [
     Path(__file__).with_name(name)
-    for name in ("bindings.cpp", "edge_messages.cpp", "contraction.cpp")
+    for name in ("bindings.cpp", "edge_messages.cpp", "contraction.cpp", "ops.cpp", "kernels.h")
 ]
 FLAGS = ["-O3", "-march=native", "-fopenmp"]  # OpenMP: at::parallel_for is inlined
 
@@ -86,7 +86,7 @@ def _build() -> ModuleType:
         log.info("building the compiled CPU kernels (once; about a minute)")
     return load(
         name=name,
-        sources=[str(source) for source in SOURCES],
+        sources=[str(source) for source in SOURCES if source.suffix == ".cpp"],
         extra_cflags=FLAGS,
         extra_ldflags=["-fopenmp"],
         verbose=False,

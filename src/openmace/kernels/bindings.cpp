@@ -2,24 +2,7 @@
 
 #include <torch/extension.h>
 
-#include <vector>
-
-void pooled_forward(torch::Tensor pooled, torch::Tensor x, torch::Tensor sh, torch::Tensor w,
-                    torch::Tensor sender, torch::Tensor receiver, int64_t first, int64_t half,
-                    torch::Tensor slot_start, torch::Tensor slot_path, torch::Tensor nz_sh,
-                    torch::Tensor nz_in, torch::Tensor nz_val);
-void pooled_backward(torch::Tensor grad_x, torch::Tensor grad_sh, torch::Tensor grad_w,
-                     torch::Tensor x, torch::Tensor sh, torch::Tensor w, torch::Tensor sender,
-                     torch::Tensor receiver, int64_t first, int64_t half,
-                     torch::Tensor slot_start, torch::Tensor slot_path, torch::Tensor nz_sh,
-                     torch::Tensor nz_in, torch::Tensor nz_val, torch::Tensor grad_pooled);
-torch::Tensor contraction_forward(torch::Tensor x, torch::Tensor species, torch::Tensor p,
-                                  torch::Tensor first, torch::Tensor dst, torch::Tensor src,
-                                  torch::Tensor last, torch::Tensor pos, int64_t num_rows);
-torch::Tensor contraction_backward(torch::Tensor x, torch::Tensor species, torch::Tensor p,
-                                   torch::Tensor first, torch::Tensor dst, torch::Tensor src,
-                                   torch::Tensor last, torch::Tensor pos, int64_t num_rows,
-                                   torch::Tensor grad_out);
+#include "kernels.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("pooled_forward", &pooled_forward, "fused pooled edge messages (edge_messages.cpp)");

@@ -10,7 +10,7 @@
 // Threads split the channel blocks; each thread keeps its weights slice in cache while it walks
 // over the atoms.
 
-#include <torch/extension.h>
+#include <torch/types.h>  // no Python: these sources are also compiled into the LAMMPS plugin
 
 #include <ATen/Parallel.h>
 

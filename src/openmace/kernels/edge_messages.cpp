@@ -14,7 +14,7 @@
 // written by one thread each) and sums the scattered outputs (pooled, the gradient of x) into a
 // private buffer that is added at the end.
 
-#include <torch/extension.h>
+#include <torch/types.h>  // no Python: these sources are also compiled into the LAMMPS plugin
 
 #include <ATen/Parallel.h>
 

@@ -1,0 +1,95 @@
+"""Swaps that call the compiled kernels as PyTorch operators (``torch.ops.openmace.*``,
+registered by ``kernels/ops.cpp``), so that a TorchScript export runs them: what the LAMMPS
+model file uses (``openmace export --lammps``), in Python and in the C++ plugin, which compiles
+the same kernel sources.
+
+* :class:`OperatorMessages` (for :class:`EdgeMessages`): the radial MLP (and envelope) in
+  PyTorch operations, the pooled sums of eq. 8 by ``openmace::pooled_messages``.
+* :class:`OperatorContraction` (for :class:`SymmetricContraction`): every element's weights
+  contracted once at conversion (a scripted module cannot grow a cache), the contraction by
+  ``openmace::symmetric_contraction``.
+
+Both give first derivatives (forces, stress) through the operators' hand-written backward
+kernels; second derivatives are refused by the operators (use the ``"reference"`` swap).
+CPU tensors only, float32 or float64.
+"""
+
+
+import torch
+from torch import nn
+
+from openmace.model.interaction import EdgeMessages
+from openmace.model.product import SymmetricContraction
+from openmace.o3 import ElementGroups
+
+
+class OperatorMessages(nn.Module):
+    """:class:`EdgeMessages` through ``torch.ops.openmace.pooled_messages`` (frozen weights)."""
+
+    def __init__(self, reference: EdgeMessages) -> None:
+        super().__init__()
+        tp = self.tensor_product = reference.tensor_product  # the interaction reads it
+        self.radial_mlp = reference.radial_mlp
+        self.channels = reference.channels
+        self.num_paths = tp.num_paths
+        names = ("slot_start", "slot_path", "nz_sh", "nz_in", "nz_val")
+        for name, value in zip(names, tp.sparse_cg()):
+            self.register_buffer(name, value.clone(), persistent=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sh: torch.Tensor,
+        radial: torch.Tensor,
+        sender: torch.Tensor,
+        receiver: torch.Tensor,
+        cutoff: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        weights = self.radial_mlp(radial)
+        if cutoff is not None:
+            weights = weights * cutoff
+        rows = weights.shape[0]
+        half = 0 if rows == sh.shape[0] else rows  # paired edges: rows for the first half
+        return torch.ops.openmace.pooled_messages(
+            x,
+            sh,
+            weights.reshape(rows, self.num_paths, self.channels),
+            sender,
+            receiver,
+            half,
+            self.slot_start,
+            self.slot_path,
+            self.nz_sh,
+            self.nz_in,
+            self.nz_val,
+        )
+
+
+class OperatorContraction(nn.Module):
+    """:class:`SymmetricContraction` through ``torch.ops.openmace.symmetric_contraction``, with
+    the weights of all the model's elements contracted at conversion."""
+
+    def __init__(self, reference: SymmetricContraction) -> None:
+        super().__init__()
+        from openmace.accel.contraction import CompiledContraction
+
+        compiled = CompiledContraction(reference, kernels=None)  # only its weight layout
+        compiled._contract(list(range(reference.num_elements)))  # slot k = element index k
+        self.register_buffer("kernel_weights", compiled.kernel_weights, persistent=False)
+        for name in ("first", "dst", "src", "last", "pos"):
+            self.register_buffer(name, getattr(compiled, name), persistent=False)
+        self.rows = compiled.rows
+
+    def forward(self, a: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
+        out = torch.ops.openmace.symmetric_contraction(
+            a.transpose(1, 2).contiguous(),  # [n, dim, c]: channels in SIMD lanes
+            groups.species,
+            self.kernel_weights,
+            self.first,
+            self.dst,
+            self.src,
+            self.last,
+            self.pos,
+            self.rows,
+        )
+        return out.transpose(1, 2)  # [n, c, M]

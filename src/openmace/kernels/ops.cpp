@@ -1,0 +1,126 @@
+// The compiled kernels as PyTorch operators with autograd, for TorchScript:
+//
+//   torch.ops.openmace.pooled_messages(x [n, dim_in, c], sh [e, dim_sh], weights [rows, paths, c],
+//       sender [e], receiver [e], half, slot_start, slot_path, nz_sh, nz_in, nz_val) -> [n, mid, c]
+//   torch.ops.openmace.symmetric_contraction(x [n, dim, c], species [n], p [slots, S, M, c],
+//       first, dst, src, last, pos, num_rows) -> [n, M, c]
+//
+// (half: the number of radial rows when the second half of the edges reverses the first, else
+// 0; the other arguments as in edge_messages.cpp and contraction.cpp.) Each is a
+// torch::autograd::Function whose backward runs the hand-written backward kernel, so a scripted
+// model differentiates through them (forces, stress) in Python and in C++ (libtorch: the LAMMPS
+// plugin compiles these sources too). First derivatives only: a second derivative through them
+// is an error (the Python inference path falls back to autograd there instead).
+
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "kernels.h"
+
+namespace {
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+constexpr int64_t MIN_ROWS_PER_PART = 64;  // as MIN_ROWS in edge_messages.cpp
+
+int64_t scatter_parts(int64_t rows) {
+  return std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), rows / MIN_ROWS_PER_PART));
+}
+
+void no_second_derivative(const char* what) {
+  TORCH_CHECK(!torch::GradMode::is_enabled(), what,
+              ": second derivatives (create_graph=True) are not available through the compiled "
+              "operators; use the reference implementation");
+}
+
+class PooledMessages : public torch::autograd::Function<PooledMessages> {
+ public:
+  static Tensor forward(AutogradContext* ctx, Tensor x, Tensor sh, Tensor weights,
+                        Tensor sender, Tensor receiver, int64_t half, Tensor slot_start,
+                        Tensor slot_path, Tensor nz_sh, Tensor nz_in, Tensor nz_val) {
+    x = x.contiguous();
+    sh = sh.contiguous();
+    weights = weights.contiguous();
+    sender = sender.contiguous();
+    receiver = receiver.contiguous();
+    const int64_t rows = weights.size(0), parts = scatter_parts(rows);
+    auto pooled = x.new_zeros({parts, x.size(0), slot_path.size(0), x.size(2)});
+    pooled_forward(pooled, x, sh, weights, sender, receiver, 0, half, slot_start, slot_path,
+                   nz_sh, nz_in, nz_val);
+    ctx->save_for_backward(
+        {x, sh, weights, sender, receiver, slot_start, slot_path, nz_sh, nz_in, nz_val});
+    ctx->saved_data["half"] = half;
+    return parts == 1 ? pooled[0] : pooled.sum(0);
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    no_second_derivative("openmace::pooled_messages");
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &sh = saved[1], &weights = saved[2];
+    const int64_t half = ctx->saved_data["half"].toInt();
+    const int64_t parts = scatter_parts(weights.size(0));
+    auto grad_x = x.new_zeros({parts, x.size(0), x.size(1), x.size(2)});
+    auto grad_sh = torch::zeros_like(sh);
+    auto grad_w = torch::empty_like(weights);  // written by the kernel
+    pooled_backward(grad_x, grad_sh, grad_w, x, sh, weights, saved[3], saved[4], 0, half,
+                    saved[5], saved[6], saved[7], saved[8], saved[9], grads[0].contiguous());
+    return {parts == 1 ? grad_x[0] : grad_x.sum(0), grad_sh, grad_w, Tensor(), Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+class SymmetricContraction : public torch::autograd::Function<SymmetricContraction> {
+ public:
+  static Tensor forward(AutogradContext* ctx, Tensor x, Tensor species, Tensor p, Tensor first,
+                        Tensor dst, Tensor src, Tensor last, Tensor pos, int64_t num_rows) {
+    x = x.contiguous();
+    species = species.contiguous();
+    auto out = contraction_forward(x, species, p, first, dst, src, last, pos, num_rows);
+    ctx->save_for_backward({x, species, p, first, dst, src, last, pos});
+    ctx->saved_data["num_rows"] = num_rows;
+    return out;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    no_second_derivative("openmace::symmetric_contraction");
+    const auto s = ctx->get_saved_variables();
+    auto grad_x = contraction_backward(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+                                       ctx->saved_data["num_rows"].toInt(),
+                                       grads[0].contiguous());
+    return {grad_x, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
+            Tensor()};
+  }
+};
+
+Tensor pooled_messages(Tensor x, Tensor sh, Tensor weights, Tensor sender, Tensor receiver,
+                       int64_t half, Tensor slot_start, Tensor slot_path, Tensor nz_sh,
+                       Tensor nz_in, Tensor nz_val) {
+  return PooledMessages::apply(x, sh, weights, sender, receiver, half, slot_start, slot_path,
+                               nz_sh, nz_in, nz_val);
+}
+
+Tensor symmetric_contraction(Tensor x, Tensor species, Tensor p, Tensor first, Tensor dst,
+                             Tensor src, Tensor last, Tensor pos, int64_t num_rows) {
+  return SymmetricContraction::apply(x, species, p, first, dst, src, last, pos, num_rows);
+}
+
+}  // namespace
+
+// registered as composite operators: the autograd Functions above record their own graph nodes
+TORCH_LIBRARY(openmace, m) {
+  m.def(
+      "pooled_messages(Tensor x, Tensor sh, Tensor weights, Tensor sender, Tensor receiver, "
+      "int half, Tensor slot_start, Tensor slot_path, Tensor nz_sh, Tensor nz_in, "
+      "Tensor nz_val) -> Tensor",
+      &pooled_messages);
+  m.def(
+      "symmetric_contraction(Tensor x, Tensor species, Tensor p, Tensor first, Tensor dst, "
+      "Tensor src, Tensor last, Tensor pos, int num_rows) -> Tensor",
+      &symmetric_contraction);
+}

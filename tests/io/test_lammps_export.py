@@ -1,0 +1,69 @@
+"""The LAMMPS model file (openmace export --lammps): in a plain PyTorch process it gives the
+eager model's energies and forces, with the compiled operators and with the reference
+operations; its lammps.txt says what the plugin needs."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from openmace.calculators.mace import MACECalculator
+from openmace.io.lammps import INTERFACE_VERSION, export_lammps
+from tests.helpers import compiler_available, make_model, triclinic_cell
+
+
+def explicit_images(atoms, r_max: float):
+    """The cell's atoms followed by their periodic images within 2.5 r_max (as LAMMPS'
+    ghosts): positions, numbers, the graph of all pairs closer than r_max (no cell) and the
+    original atom of each image."""
+    from ase.neighborlist import neighbor_list
+
+    _, j, shift = neighbor_list("ijS", atoms, 2.5 * r_max)
+    images = sorted({(int(jj), *map(int, s)) for jj, s in zip(j, shift) if any(s)})
+    cell = atoms.cell.array
+    pos = [atoms.positions] + [
+        (atoms.positions[k] + np.array(s) @ cell)[None] for k, *s in images
+    ]
+    positions = np.concatenate(pos)
+    numbers = np.concatenate([atoms.numbers, [atoms.numbers[k] for k, *_ in images]])
+    d = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
+    sender, receiver = np.nonzero((d < r_max) & (d > 0))
+    edge_index = torch.tensor(np.stack([sender, receiver]), dtype=torch.long)
+    owners = [k for k, *_ in images]
+    return torch.tensor(positions), torch.tensor(numbers), edge_index, owners
+
+
+@pytest.mark.parametrize("operators", [True, False], ids=["operators", "reference"])
+def test_exported_file_gives_the_eager_numbers_for_the_local_atoms(operators, tmp_path):
+    if operators and not compiler_available():
+        pytest.skip("no C++ compiler or ninja")
+    model = make_model(hidden_irreps="8x0e+8x1o+8x2e", r_max=3.0)
+    atoms = triclinic_cell() * (2, 1, 1)
+    path = export_lammps(model, tmp_path / "model.pt", operators=operators)
+    extra = {"lammps.txt": ""}
+    scripted = torch.jit.load(str(path), _extra_files=extra)
+    text = extra["lammps.txt"]
+    text = text.decode() if isinstance(text, bytes) else text
+    fields = dict(line.split(" ", 1) for line in text.splitlines())
+    assert fields["openmace-lammps"] == str(INTERFACE_VERSION)
+    assert fields["implementation"] == ("operators" if operators else "reference")
+    assert int(fields["num_layers"]) == 2 and float(fields["r_max"]) == 3.0
+    positions, numbers, edge_index, owners = explicit_images(atoms, 3.0)
+    out = scripted(positions, numbers, edge_index, len(atoms))
+    atoms.calc = MACECalculator(model=model, dtype="float64")
+    assert abs(out["energy"].item() - atoms.get_potential_energy()) < 1e-12
+    # forces on the images belong to their originals (LAMMPS' reverse communication)
+    forces = out["forces"][: len(atoms)].clone()
+    forces.index_add_(0, torch.tensor(owners), out["forces"][len(atoms) :])
+    np.testing.assert_allclose(forces.numpy(), atoms.get_forces(), rtol=0, atol=1e-12)
+    assert zipfile.is_zipfile(path)
+
+
+def test_multi_head_models_are_refused_with_advice(tmp_path):
+    energies = [[-1.1, -5.3, -4.2, -2.5], [-1.0, -5.0, -4.0, -2.0]]
+    model = make_model(heads=["a", "b"], atomic_energies=energies)
+    with pytest.raises(ValueError, match="one head at a time"):
+        export_lammps(model, tmp_path / "m.pt")
