@@ -37,7 +37,7 @@ from openmace.calculators.mace import MACECalculator
 from openmace.io.lammps import export_lammps
 from openmace.io.mace_torch import load_mace_torch
 from openmace.io.model_file import load_model
-from openmace.lammps import build_plugin, executables, lammps_environment
+from openmace.lammps import build_plugin, executables, lammps_binary, lammps_environment
 
 
 def load_any(path: Path, dtype: torch.dtype):
@@ -86,10 +86,12 @@ run 2
 run {steps}
 """
     (folder / "in.lammps").write_text(script)
-    binary = Path(__import__("lammps").__file__).parent / "lmp"
-    command = [executables()["mpirun"], "-np", str(ranks), str(binary), "-in", "in.lammps"]
+    command = [executables()["mpirun"], "-np", str(ranks), str(lammps_binary()), "-in", "in.lammps"]
     done = subprocess.run(
-        command + ["-log", "none"], cwd=folder, env=lammps_environment(), capture_output=True,
+        command + ["-log", "none"],
+        cwd=folder,
+        env=lammps_environment(),
+        capture_output=True,
         text=True,
     )
     if done.returncode != 0:
@@ -120,12 +122,24 @@ def main() -> None:
                 atoms = fcc(args.element, size)
                 calc, e_calc = calculator_ms(model, atoms, dtype, args.steps)
                 one, e_one = lammps_ms(
-                    Path(tmp), atoms, model_file, plugin, args.element, 1, args.threads,
+                    Path(tmp),
+                    atoms,
+                    model_file,
+                    plugin,
+                    args.element,
+                    1,
+                    args.threads,
                     args.steps,
                 )
                 two, _ = lammps_ms(
-                    Path(tmp), atoms, model_file, plugin, args.element, 2,
-                    max(1, args.threads // 2), args.steps,
+                    Path(tmp),
+                    atoms,
+                    model_file,
+                    plugin,
+                    args.element,
+                    2,
+                    max(1, args.threads // 2),
+                    args.steps,
                 )
                 n = len(atoms)
                 rows.append(

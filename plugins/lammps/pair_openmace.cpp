@@ -28,6 +28,8 @@
 
 #include "pair_openmace.h"
 
+#include "lammpsplugin.h"
+
 #include "atom.h"
 #include "comm.h"
 #include "error.h"
@@ -38,6 +40,7 @@
 #include "update.h"
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/cuda.h>
 
 #include <cmath>
@@ -257,6 +260,9 @@ void PairOpenMACE::compute(int eflag, int vflag)
   std::vector<torch::jit::IValue> inputs{positions.to(device_, dtype_), numbers.to(device_),
                                          edge_index.to(device_), static_cast<int64_t>(nlocal)};
   torch::Tensor energy, node_energy, forces;
+  // no graph optimisation: TorchScript's profiling executor re-specialises the graph whenever
+  // the number of atoms or edges changes (every step in MD), which cost seconds per step
+  torch::jit::GraphOptimizerEnabledGuard no_optimizer(false);
   try {
     const auto out = model_.forward(inputs).toGenericDict();
     energy = out.at("energy").toTensor().to(torch::kCPU, torch::kFloat64);
@@ -275,4 +281,20 @@ void PairOpenMACE::compute(int eflag, int vflag)
     for (int i = 0; i < nlocal; i++) eatom[i] += e[i];
   }
   if (vflag_fdotr) virial_fdotr_compute();
+}
+
+// called by the loader (openmace_plugin.cpp) after it opened this library
+extern "C" void openmace_register(void *lmp, void *handle, void *regfunc, const char *version)
+{
+  lammpsplugin_t plugin;
+  plugin.version = version;
+  plugin.style = "pair";
+  plugin.name = "openmace";
+  plugin.info = "openmace: MACE interatomic potentials (openmace export --lammps)";
+  plugin.author = "openmace developers";
+  plugin.creator.v1 = [](void *instance) -> void * {
+    return new PairOpenMACE(static_cast<LAMMPS *>(instance));
+  };
+  plugin.handle = handle;
+  (*reinterpret_cast<lammpsplugin_regfunc>(regfunc))(&plugin, lmp);
 }

