@@ -67,3 +67,25 @@ def test_multi_head_models_are_refused_with_advice(tmp_path):
     model = make_model(heads=["a", "b"], atomic_energies=energies)
     with pytest.raises(ValueError, match="one head at a time"):
         export_lammps(model, tmp_path / "m.pt")
+
+
+@pytest.mark.parametrize("reference", [False, True], ids=["operators", "reference"])
+def test_export_lammps_command(reference, tmp_path, capsys):
+    from openmace.cli.main import main
+    from openmace.io.model_file import save_model
+
+    if not reference and not compiler_available():
+        pytest.skip("no C++ compiler or ninja")
+    source = save_model(make_model(), tmp_path / "m.safetensors")
+    target = tmp_path / "m.pt"
+    argv = ["export", "--lammps", str(source), "-o", str(target)]
+    assert main(argv + (["--reference"] if reference else [])) == 0
+    out = capsys.readouterr().out
+    assert f"pair_coeff * * {target} H C O Cu" in out
+    extra = {"lammps.txt": ""}
+    torch.jit.load(str(target), _extra_files=extra)
+    text = extra["lammps.txt"]
+    text = text.decode() if isinstance(text, bytes) else text
+    assert f"implementation {'reference' if reference else 'operators'}" in text
+    # both formats at once is a usage error
+    assert main(argv + ["--torchscript", "--overwrite"]) == 2

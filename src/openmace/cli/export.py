@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the model file of LAMMPS' pair_style openmace (build the plugin: openmace "
         "lammps-plugin)",
     )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="with --lammps: plain PyTorch operations instead of the compiled CPU operators "
+        "(for pair_style openmace device cuda)",
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="output .pt file")
     parser.add_argument(
         "--dtype", choices=["float32", "float64"], default="float64", help="precision of the file"
@@ -46,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
         from openmace.io.lammps import export_lammps
 
-        path = export_lammps(model, args.output)
+        path = export_lammps(model, args.output, operators=not args.reference)
         symbols = " ".join(chemical_symbols[z] for z in cfg.atomic_numbers)
         print(
             f"exported {args.model} for LAMMPS ({args.dtype}, r_max {cfg.r_max} Å, "
