@@ -32,6 +32,7 @@
 
 #include "atom.h"
 #include "comm.h"
+#include "domain.h"
 #include "error.h"
 #include "force.h"
 #include "memory.h"
@@ -48,11 +49,12 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <unordered_map>
 
 using namespace LAMMPS_NS;
 
 // the lammps.txt format this plugin reads; openmace.io.lammps.INTERFACE_VERSION writes it
-static constexpr int INTERFACE_VERSION = 1;
+static constexpr int INTERFACE_VERSION = 2;
 
 PairOpenMACE::PairOpenMACE(LAMMPS *lmp) : Pair(lmp)
 {
@@ -196,9 +198,19 @@ void PairOpenMACE::init_style()
   if (force->newton_pair == 0) error->all(FLERR, "pair_style openmace requires newton pair on");
   if (!loaded_) error->all(FLERR, "pair_style openmace: no model (pair_coeff * * MODEL.pt ...)");
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+  // one rank with a fully periodic box: the model sees the box's atoms and their periodic
+  // images as edge shifts (compute_periodic), ghosts are needed to r_max + skin only; else
   // ghost atoms out to the receptive field (plus the skin: atoms move between rebuilds)
-  const double shell = num_layers_ * r_max_ + neighbor->skin;
-  if (comm->cutghostuser < shell) comm->cutghostuser = shell;
+  no_virial_fdotr_compute = whole_periodic_box() ? 1 : 0;
+  if (!whole_periodic_box()) {
+    const double shell = num_layers_ * r_max_ + neighbor->skin;
+    if (comm->cutghostuser < shell) comm->cutghostuser = shell;
+  }
+}
+
+bool PairOpenMACE::whole_periodic_box() const
+{
+  return comm->nprocs == 1 && domain->xperiodic && domain->yperiodic && domain->zperiodic;
 }
 
 double PairOpenMACE::init_one(int i, int j)
@@ -212,11 +224,119 @@ void PairOpenMACE::compute(int eflag, int vflag)
   ev_init(eflag, vflag);
   if (vflag_atom)
     error->all(FLERR, "pair_style openmace does not compute per-atom virials (stress/atom)");
+  if (whole_periodic_box())
+    compute_periodic();
+  else
+    compute_ghosts();
+}
 
+void PairOpenMACE::add_results(const torch::Tensor &energy, const torch::Tensor &node_energy,
+                               const torch::Tensor &forces, int count)
+{
+  double **f = atom->f;
+  const double *fk = forces.data_ptr<double>();
+  for (int i = 0; i < count; i++)
+    for (int k = 0; k < 3; k++) f[i][k] += fk[3 * i + k];
+  if (eflag_global) eng_vdwl += energy.item<double>();
+  if (eflag_atom) {
+    const double *e = node_energy.data_ptr<double>();
+    for (int i = 0; i < atom->nlocal; i++) eatom[i] += e[i];
+  }
+}
+
+// One rank, fully periodic box: the ASE calculator's graph. Each ghost is an image of a local
+// atom (found by its tag); an edge to a ghost becomes an edge to its owner with the lattice
+// translation between them, and the virial comes from the model's strain derivative.
+void PairOpenMACE::compute_periodic()
+{
+  const int nlocal = atom->nlocal;
+  double **x = atom->x;
+  const tagint *tag = atom->tag;
+  const int *type = atom->type;
+  std::unordered_map<tagint, int> owner;
+  owner.reserve(2 * nlocal);
+  for (int i = 0; i < nlocal; i++) owner[tag[i]] = i;
+  const double *h = domain->h, *h_inv = domain->h_inv;  // h: xx yy zz yz xz xy
+  const double cut2 = r_max_ * r_max_;
+  // canonical half of the directed edges (receiver i, sender o, image n); the rest reversed
+  std::vector<int64_t> recv, send, shift;
+  for (int ii = 0; ii < list->inum; ii++) {
+    const int i = list->ilist[ii];
+    const int *jlist = list->firstneigh[i];
+    for (int jj = 0; jj < list->numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      if (dx * dx + dy * dy + dz * dz >= cut2) continue;
+      const auto found = owner.find(tag[j]);
+      if (found == owner.end()) error->one(FLERR, "pair_style openmace: ghost without owner");
+      const int o = found->second;
+      const double d0 = x[j][0] - x[o][0], d1 = x[j][1] - x[o][1], d2 = x[j][2] - x[o][2];
+      const int64_t n[3] = {std::llround(h_inv[0] * d0 + h_inv[5] * d1 + h_inv[4] * d2),
+                            std::llround(h_inv[1] * d1 + h_inv[3] * d2),
+                            std::llround(h_inv[2] * d2)};
+      const bool first = i < o || (i == o && (n[0] > 0 || (n[0] == 0 && (n[1] > 0 ||
+                                                                          (n[1] == 0 && n[2] > 0)))));
+      if (!first) continue;
+      recv.push_back(i);
+      send.push_back(o);
+      for (int k = 0; k < 3; k++) shift.push_back(-n[k]);  // vector = r_i - (r_o + n cell)
+    }
+  }
+  const int64_t pairs = static_cast<int64_t>(recv.size());
+  auto edge_index = torch::empty({2, 2 * pairs}, torch::kInt64);
+  auto unit_shifts = torch::empty({2 * pairs, 3}, torch::kFloat64);
+  int64_t *senders = edge_index.data_ptr<int64_t>(), *receivers = senders + 2 * pairs;
+  double *s = unit_shifts.data_ptr<double>();
+  for (int64_t p = 0; p < pairs; p++) {
+    senders[p] = send[p];
+    receivers[p] = recv[p];
+    senders[pairs + p] = recv[p];
+    receivers[pairs + p] = send[p];
+    for (int k = 0; k < 3; k++) {
+      s[3 * p + k] = static_cast<double>(shift[3 * p + k]);
+      s[3 * (pairs + p) + k] = -static_cast<double>(shift[3 * p + k]);
+    }
+  }
+  auto numbers = torch::empty({nlocal}, torch::kInt64);
+  int64_t *z = numbers.data_ptr<int64_t>();
+  for (int i = 0; i < nlocal; i++) z[i] = type_number_[type[i]];
+  // cell rows a, b, c (LAMMPS' restricted triclinic box)
+  auto cell = torch::tensor({h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]}, torch::kFloat64)
+                  .reshape({3, 3});
+  auto positions = torch::from_blob(x[0], {nlocal, 3}, torch::kFloat64);
+  std::vector<torch::jit::IValue> inputs{positions.to(device_, dtype_), numbers.to(device_),
+                                         cell.to(device_, dtype_), edge_index.to(device_),
+                                         unit_shifts.to(device_, dtype_)};
+  torch::Tensor energy, node_energy, forces, virials;
+  torch::jit::GraphOptimizerEnabledGuard no_optimizer(false);  // see compute_ghosts
+  try {
+    const auto out = model_.get_method("periodic")(inputs).toGenericDict();
+    energy = out.at("energy").toTensor().to(torch::kCPU, torch::kFloat64);
+    node_energy = out.at("node_energy").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+    forces = out.at("forces").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+    virials = out.at("virials").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
+  } catch (const std::exception &e) {
+    std::string what = e.what();
+    error->one(FLERR, "pair_style openmace: the model failed: {}", what.substr(0, 2000));
+  }
+  add_results(energy, node_energy, forces, nlocal);
+  if (vflag_global) {
+    const double *w = virials.data_ptr<double>();  // [3, 3], -dE/dstrain
+    virial[0] += w[0];
+    virial[1] += w[4];
+    virial[2] += w[8];
+    virial[3] += w[1];
+    virial[4] += w[2];
+    virial[5] += w[5];
+  }
+}
+
+// Any number of ranks, any box: the model on local and ghost atoms (see the top of this file)
+void PairOpenMACE::compute_ghosts()
+{
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
   double **x = atom->x;
-  double **f = atom->f;
   const int *type = atom->type;
   const int count = list->inum + list->gnum;
   const int *ilist = list->ilist;
@@ -272,14 +392,7 @@ void PairOpenMACE::compute(int eflag, int vflag)
     std::string what = e.what();
     error->one(FLERR, "pair_style openmace: the model failed: {}", what.substr(0, 2000));
   }
-  const double *fk = forces.data_ptr<double>();
-  for (int i = 0; i < nall; i++)
-    for (int k = 0; k < 3; k++) f[i][k] += fk[3 * i + k];
-  if (eflag_global) eng_vdwl += energy.item<double>();
-  if (eflag_atom) {
-    const double *e = node_energy.data_ptr<double>();
-    for (int i = 0; i < nlocal; i++) eatom[i] += e[i];
-  }
+  add_results(energy, node_energy, forces, nall);
   if (vflag_fdotr) virial_fdotr_compute();
 }
 

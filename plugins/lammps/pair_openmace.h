@@ -27,6 +27,11 @@ class PairOpenMACE : public Pair {
  private:
   void allocate();
   void load_model(const std::string &path);
+  bool whole_periodic_box() const;
+  void compute_ghosts();
+  void compute_periodic();
+  void add_results(const torch::Tensor &energy, const torch::Tensor &node_energy,
+                   const torch::Tensor &forces, int count);
 
   torch::jit::Module model_;
   bool loaded_ = false;

@@ -250,7 +250,8 @@ def test_model_of_another_interface_version_is_a_lammps_error(plugin, model, tmp
     newer = export_lammps(model, tmp_path / "newer.pt")
     assert "lammps.txt" in " ".join(zipfile.ZipFile(newer).namelist())
     line = _error_line(run_lammps(tmp_path, hco_cell(6), plugin, newer))
-    assert "interface version 2, this plugin reads version 1" in line
+    version = lammps_io.INTERFACE_VERSION
+    assert f"interface version {version}, this plugin reads version {version - 1}" in line
 
 
 def test_plain_torchscript_export_is_refused_with_advice(plugin, model, tmp_path):

@@ -33,7 +33,7 @@ from openmace.model import MACE
 
 #: version of the model interface (forward's arguments and outputs, lammps.txt); the plugin's
 #: INTERFACE_VERSION in pair_openmace.cpp must be equal
-INTERFACE_VERSION = 1
+INTERFACE_VERSION = 2
 LAMMPS_FILE = "lammps.txt"
 
 
@@ -73,6 +73,43 @@ class _RankAtoms(nn.Module):
             "energy": energy.detach().reshape(1),
             "node_energy": local.detach(),
             "forces": forces.detach(),
+        }
+
+
+    @torch.jit.export
+    def periodic(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        cell: torch.Tensor,
+        edge_index: torch.Tensor,
+        unit_shifts: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """A fully periodic box on one rank: the box's atoms only, edges to periodic images by
+        ``unit_shifts`` (edge vector = ``r[receiver] - r[sender] + unit_shifts @ cell``), as
+        the ASE calculator evaluates it: ``energy`` [1], ``node_energy`` [n], ``forces`` [n, 3]
+        and ``virials`` [3, 3] (eV, = -∂E/∂strain)."""
+        reference = self.model.atomic_energies
+        device, dtype = reference.device, reference.dtype
+        n = positions.shape[0]
+        out = self.model.compute_positional(
+            positions.to(device=device, dtype=dtype),
+            atomic_numbers.to(device=device, dtype=torch.long),
+            cell.to(device=device, dtype=dtype).reshape(1, 3, 3),
+            torch.ones((1, 3), dtype=torch.bool, device=device),
+            edge_index.to(device=device, dtype=torch.long),
+            unit_shifts.to(device=device, dtype=dtype),
+            torch.zeros(n, dtype=torch.long, device=device),
+            1,
+            True,
+            True,
+            False,
+        )
+        return {
+            "energy": out["energy"].detach().reshape(1),
+            "node_energy": out["node_energy"].detach(),
+            "forces": out["forces"].detach(),
+            "virials": out["virials"].detach().reshape(3, 3),
         }
 
 
