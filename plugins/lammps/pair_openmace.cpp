@@ -3,7 +3,12 @@
    pair_style openmace [device cpu|cuda] [threads N]
    pair_coeff * * model.pt El1 El2 ...        (one element symbol per LAMMPS atom type)
 
-   Exact under domain decomposition by a ghost shell of the full receptive field: a MACE model
+   One rank with a box periodic in every direction (compute_periodic): each ghost is a periodic
+   image of a local atom, so the model evaluates the box's atoms with images as edge shifts (the
+   ASE calculator's graph), and the virial is the model's strain derivative.
+
+   Otherwise (compute_ghosts), exact under domain decomposition by a ghost shell of the full
+   receptive field: a MACE model
    with L message-passing layers of cutoff r_max gives each atom an energy that depends on the
    positions of atoms up to L * r_max away. Each rank therefore keeps ghost atoms out to
    L * r_max + skin (comm->cutghostuser), builds the graph of its local and ghost atoms from a

@@ -178,6 +178,17 @@ def test_single_point_equals_the_ase_calculator(case, plugin, model, model_file,
         np.testing.assert_allclose(out["stress"], stress, rtol=0, atol=1e-10)
 
 
+def test_float32_model_matches_the_float32_calculator(plugin, parity_dirs, tmp_path):
+    model = load_mace_torch(parity_dirs["p4_mixed_parity_zbl"], dtype=torch.float32)
+    atoms = hco_cell(24, seed=7)
+    path = export_lammps(model, tmp_path / "model32.pt")
+    out = results(tmp_path, run_lammps(tmp_path, atoms, plugin, path))
+    ref = reference(tmp_path, atoms, model)
+    ref.calc = MACECalculator(model=model, dtype="float32")
+    assert abs(out["energy"] - ref.get_potential_energy()) < 1e-4 * len(atoms)
+    np.testing.assert_allclose(out["forces"], ref.get_forces(), rtol=0, atol=1e-4)
+
+
 def test_reference_export_gives_the_same_single_point(plugin, model, model_file, tmp_path):
     """The model file without the compiled operators (for GPUs) gives the same numbers."""
     atoms = hco_cell(24, seed=6)
