@@ -221,7 +221,7 @@ def test_nve_trajectory_is_the_same_on_one_and_two_ranks(steps, plugin, model_fi
     body = f"""velocity all create 300.0 4928459 loop geom
 timestep 0.0002
 fix nve all nve
-thermo 5
+thermo 50
 run {steps}"""
     one = results(
         tmp_path / "1", run_lammps(tmp_path / "1", atoms, plugin, model_file, 1, body=body)
