@@ -212,11 +212,9 @@ def test_two_ranks_equal_one_on_domains_smaller_than_the_receptive_field(
         np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize(
-    "steps",
-    [10, pytest.param(500, marks=pytest.mark.slow)],  # 500 steps: ~10 minutes
-)
-def test_nve_trajectory_is_the_same_on_one_and_two_ranks(steps, plugin, model_file, tmp_path):
+def test_nve_trajectory_is_the_same_on_one_and_two_ranks(plugin, model_file, tmp_path):
+    """500 steps (~80 s): 1 rank evaluates the calculator's graph, 2 ranks the ghost shell."""
+    steps = 500
     atoms = hco_cell(24, seed=5) * (2, 1, 1)
     body = f"""velocity all create 300.0 4928459 loop geom
 timestep 0.0002
