@@ -150,6 +150,11 @@ void PairOpenMACE::load_model(const std::string &path)
                "version {}: rebuild the plugin (openmace lammps-plugin) with the openmace that "
                "exported the model, or export it again",
                path, version, INTERFACE_VERSION);
+  if (device_.is_cuda() && fields["implementation"] == "operators")
+    error->all(FLERR,
+               "pair_style openmace: {} runs openmace's compiled CPU operators; for device cuda "
+               "export it with openmace export --lammps --reference",
+               path);
   r_max_ = std::atof(fields["r_max"].c_str());
   num_layers_ = std::atoi(fields["num_layers"].c_str());
   dtype_ = fields["dtype"] == "float32" ? torch::kFloat32 : torch::kFloat64;
