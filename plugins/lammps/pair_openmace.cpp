@@ -240,6 +240,27 @@ void PairOpenMACE::compute(int eflag, int vflag)
     compute_ghosts();
 }
 
+// The model's method on ``inputs``; the named outputs as contiguous float64 CPU tensors. A
+// failure inside the model is one LAMMPS error line.
+std::vector<torch::Tensor> PairOpenMACE::run_model(const std::string &method,
+                                                   std::vector<torch::jit::IValue> &inputs,
+                                                   const std::vector<std::string> &names)
+{
+  // no graph optimisation: TorchScript's profiling executor re-specialises the graph whenever
+  // the number of atoms or edges changes (every step in MD), which cost seconds per step
+  torch::jit::GraphOptimizerEnabledGuard no_optimizer(false);
+  std::vector<torch::Tensor> tensors;
+  try {
+    const auto out = model_.get_method(method)(inputs).toGenericDict();
+    for (const auto &name : names)
+      tensors.push_back(out.at(name).toTensor().to(torch::kCPU, torch::kFloat64).contiguous());
+  } catch (const std::exception &e) {
+    std::string what = e.what();
+    error->one(FLERR, "pair_style openmace: the model failed: {}", what.substr(0, 2000));
+  }
+  return tensors;
+}
+
 void PairOpenMACE::add_results(const torch::Tensor &energy, const torch::Tensor &node_energy,
                                const torch::Tensor &forces, int count)
 {
@@ -317,21 +338,10 @@ void PairOpenMACE::compute_periodic()
   std::vector<torch::jit::IValue> inputs{positions.to(device_, dtype_), numbers.to(device_),
                                          cell.to(device_, dtype_), edge_index.to(device_),
                                          unit_shifts.to(device_, dtype_)};
-  torch::Tensor energy, node_energy, forces, virials;
-  torch::jit::GraphOptimizerEnabledGuard no_optimizer(false);  // see compute_ghosts
-  try {
-    const auto out = model_.get_method("periodic")(inputs).toGenericDict();
-    energy = out.at("energy").toTensor().to(torch::kCPU, torch::kFloat64);
-    node_energy = out.at("node_energy").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
-    forces = out.at("forces").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
-    virials = out.at("virials").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
-  } catch (const std::exception &e) {
-    std::string what = e.what();
-    error->one(FLERR, "pair_style openmace: the model failed: {}", what.substr(0, 2000));
-  }
-  add_results(energy, node_energy, forces, nlocal);
+  const auto out = run_model("periodic", inputs, {"energy", "node_energy", "forces", "virials"});
+  add_results(out[0], out[1], out[2], nlocal);
   if (vflag_global) {
-    const double *w = virials.data_ptr<double>();  // [3, 3], -dE/dstrain
+    const double *w = out[3].data_ptr<double>();  // [3, 3], -dE/dstrain
     virial[0] += w[0];
     virial[1] += w[4];
     virial[2] += w[8];
@@ -389,20 +399,8 @@ void PairOpenMACE::compute_ghosts()
 
   std::vector<torch::jit::IValue> inputs{positions.to(device_, dtype_), numbers.to(device_),
                                          edge_index.to(device_), static_cast<int64_t>(nlocal)};
-  torch::Tensor energy, node_energy, forces;
-  // no graph optimisation: TorchScript's profiling executor re-specialises the graph whenever
-  // the number of atoms or edges changes (every step in MD), which cost seconds per step
-  torch::jit::GraphOptimizerEnabledGuard no_optimizer(false);
-  try {
-    const auto out = model_.forward(inputs).toGenericDict();
-    energy = out.at("energy").toTensor().to(torch::kCPU, torch::kFloat64);
-    node_energy = out.at("node_energy").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
-    forces = out.at("forces").toTensor().to(torch::kCPU, torch::kFloat64).contiguous();
-  } catch (const std::exception &e) {
-    std::string what = e.what();
-    error->one(FLERR, "pair_style openmace: the model failed: {}", what.substr(0, 2000));
-  }
-  add_results(energy, node_energy, forces, nall);
+  const auto out = run_model("forward", inputs, {"energy", "node_energy", "forces"});
+  add_results(out[0], out[1], out[2], nall);
   if (vflag_fdotr) virial_fdotr_compute();
 }
 

@@ -30,6 +30,9 @@ class PairOpenMACE : public Pair {
   bool whole_periodic_box() const;
   void compute_ghosts();
   void compute_periodic();
+  std::vector<torch::Tensor> run_model(const std::string &method,
+                                       std::vector<torch::jit::IValue> &inputs,
+                                       const std::vector<std::string> &names);
   void add_results(const torch::Tensor &energy, const torch::Tensor &node_energy,
                    const torch::Tensor &forces, int count);
 

@@ -80,10 +80,7 @@ def _forward_keeping(
 def _output_from_kept(
     plan: MessagePlan, activation: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The MLP's last layer, from the last hidden layer's activation (``act(kept[-1])``); a
-    plan without MLP weights takes the radial weights as given."""
-    if not plan.mlp_weights:
-        return activation if out is None else out.copy_(activation)
+    """The MLP's last layer, from the last hidden layer's activation (``act(kept[-1])``)."""
     w = plan.mlp_weights[-1]
     return torch.mm(activation, w) if out is None else torch.mm(activation, w, out=out)
 
@@ -197,7 +194,7 @@ FUSED_CHUNK_BYTES = 64 << 20
 # memory for the compiled kernels' per-thread scatter copies beyond the second copy: on many
 # cores a large cell would otherwise hold one copy of the pooled features per core
 SCATTER_COPIES_BYTES = 2 << 30
-MIN_ROWS_PER_THREAD = 64  # as MIN_ROWS in edge_messages.cpp
+MIN_ROWS_PER_THREAD = 64  # as edge_parts in edge_messages.cpp
 
 
 def _scatter_copies(x: torch.Tensor, dim: int, rows: int) -> int:
@@ -250,10 +247,8 @@ def _fused_backward(plan, grad_pooled, x, sh, radial, sender, receiver, all_weig
     num_radial, c = radial.shape[0], x.shape[2]
     half = pair_offsets(num_radial, sh.shape[0])[-1]
     width = tp.num_paths * c
-    # identity plan: one chunk (its gradient is the kernel's output, returned without a copy);
-    # else cache-friendly chunks whose weight gradient lives in a scratch buffer kept per thread
-    identity = not plan.mlp_weights
-    chunk = max(num_radial, 1) if identity else _fused_rows(x, width)
+    # cache-friendly chunks whose weight gradient lives in a scratch buffer kept per thread
+    chunk = _fused_rows(x, width)
     grad_pooled = grad_pooled.contiguous()
     parts = _scatter_copies(x, x.shape[1], num_radial)  # as in the forward pass
     grad_x = x.new_zeros((parts, *x.shape))
@@ -261,8 +256,8 @@ def _fused_backward(plan, grad_pooled, x, sh, radial, sender, receiver, all_weig
     # several chunks write into one gradient; one chunk's gradient is taken as it is
     grad_radial = radial.new_empty(radial.shape) if chunk < num_radial else None
     rows = min(chunk, num_radial)  # buffers reused by every chunk (see the forward pass)
-    weights_buffer = x.new_empty((rows, tp.num_paths * c)) if all_weights is None else None
-    grad_buffer = x.new_empty((rows, width)) if identity else _scratch(x, rows * width)
+    weights_buffer = x.new_empty((rows, width)) if all_weights is None else None
+    grad_buffer = _scratch(x, rows * width)
     for a in range(0, num_radial, chunk):
         b = min(a + chunk, num_radial)
         if weights_buffer is None:
@@ -285,7 +280,7 @@ def _fused_backward(plan, grad_pooled, x, sh, radial, sender, receiver, all_weig
             grad_pooled,
         )
         grad = _input_gradient(plan, [z[a:b] for z in kept], grad_weights.view(b - a, -1))
-        if b - a == num_radial:  # one chunk: no copy (the identity plan's gradient is wide)
+        if b - a == num_radial:  # one chunk: its gradient as it is
             grad_radial = grad
         else:
             grad_radial[a:b] = grad
@@ -332,10 +327,7 @@ class PooledMessages(torch.autograd.Function):
         # the MLP's hidden pre-activations (and its output while small) for the backward pass
         kept = [x.new_empty((num_radial, w.shape[1])) for w in plan.mlp_weights[:-1]]
         keep_weights = num_radial * width * x.element_size() <= KEEP_WEIGHTS_BYTES
-        identity = not plan.mlp_weights and kernels is not None  # weights given: no copy
-        all_weights = None
-        if keep_weights:
-            all_weights = radial.contiguous() if identity else x.new_empty((num_radial, width))
+        all_weights = x.new_empty((num_radial, width)) if keep_weights else None
         # radial rows per chunk: cache-sized edge chunks, or (compiled kernels, which keep
         # nothing per edge) all rows when their weights are kept, else FUSED_CHUNK_BYTES
         if kernels is None:
@@ -351,10 +343,7 @@ class PooledMessages(torch.autograd.Function):
             b = min(a + chunk, num_radial)
             out = all_weights[a:b] if all_weights is not None else None
             out = reused[: b - a] if reused is not None else out
-            if identity and all_weights is not None:
-                weights = all_weights[a:b]
-            else:
-                weights = _forward_keeping(plan, radial[a:b], [z[a:b] for z in kept], out)
+            weights = _forward_keeping(plan, radial[a:b], [z[a:b] for z in kept], out)
             weights = weights.view(b - a, tp.num_paths, c)
             if kernels is not None:
                 kernels.pooled_forward(
@@ -463,23 +452,18 @@ class InferenceMessages(nn.Module):
         self.workspaces: dict = {}
         self._reference = (reference,)  # a tuple: not registered as a child module
 
-    def plan(
-        self, fused_mlp: bool = True, last_layer: torch.Tensor | None = None
-    ) -> MessagePlan:
-        """The frozen plan; ``fused_mlp=False``: the radial weights are computed outside and
-        passed in place of the radial features; ``last_layer`` (a matrix): the inputs of the
-        MLP's last layer are passed (:func:`last_layer_inputs`) and the plan applies it."""
+    def plan(self, last_layer: torch.Tensor | None = None) -> MessagePlan:
+        """The frozen plan: the whole (plain) radial MLP, or with ``last_layer`` (a matrix) only
+        that layer, whose inputs are passed in place of the radial features
+        (:func:`last_layer_inputs`)."""
         tp, mlp = self.tensor_product, self.radial_mlp
         reference = self._reference[0]
         if last_layer is not None:
             weights, act_scale = (last_layer,), 1.0
             fallback = partial(_pooled_from_last_layer, reference, last_layer)
-        elif fused_mlp:
+        else:
             weights = tuple(w.detach() * w.shape[0] ** -0.5 for w in mlp.weights)
             act_scale, fallback = mlp.act.scale, reference
-        else:
-            weights, act_scale = (), 1.0
-            fallback = partial(reference.pooled, cutoff=None, apply_mlp=False)
         return MessagePlan(
             cg_matrix=tp.cg_matrix,
             sparse_cg=tp.sparse_cg(),
@@ -511,14 +495,11 @@ class InferenceMessages(nn.Module):
         if cutoff is None and isinstance(self.radial_mlp, MLP):
             return PooledMessages.apply(x, sh, radial, sender, receiver, self.plan())
         split = last_layer_inputs(self.radial_mlp, radial, cutoff)
-        if split is not None:  # the narrow layers by autograd, the wide last one in the plan
-            inputs, matrix = split
-            plan = self.plan(last_layer=matrix)
-            return PooledMessages.apply(x, sh, inputs, sender, receiver, plan)
-        # another radial MLP: its weights by autograd (per radial row), then the sums
-        weights = self.radial_mlp(radial)
-        weights = weights * cutoff if cutoff is not None else weights
-        return PooledMessages.apply(x, sh, weights, sender, receiver, self.plan(fused_mlp=False))
+        if split is None:  # a radial MLP this swap does not know: the reference, by autograd
+            return self._reference[0](x, sh, radial, sender, receiver, cutoff)
+        # the narrow layers by autograd, the wide last one in the plan
+        inputs, matrix = split
+        return PooledMessages.apply(x, sh, inputs, sender, receiver, self.plan(last_layer=matrix))
 
     def working_memory(self, num_atoms: int, num_edges: int, itemsize: int) -> int:
         """Bytes kept per evaluation: per radial row the MLP's hidden layers and (up to

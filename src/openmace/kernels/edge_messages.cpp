@@ -16,6 +16,8 @@
 
 #include <torch/types.h>  // no Python: these sources are also compiled into the LAMMPS plugin
 
+#include "kernels.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -234,18 +236,13 @@ Coupling coupling(const torch::Tensor& slot_start, const torch::Tensor& slot_pat
                   nz_sh.data_ptr<int64_t>(), nz_in.data_ptr<int64_t>(), slot_path.size(0)};
 }
 
-// threads for this many radial rows: one per MIN_ROWS rows at most
-constexpr int64_t MIN_ROWS = 64;
-int64_t num_parts(int64_t rows) {
-  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / MIN_ROWS));
-}
 
 // Runs body(edges, scatter target) for each part of the rows in parallel; part p scatters into
 // targets[p] (the caller zeroes them once per pass over all chunks and sums them at the end).
 template <typename scalar_t, typename Body>
 void over_parts(int64_t first, int64_t half, int64_t rows, const int64_t* receiver,
                 torch::Tensor targets, Body body) {
-  const int64_t parts = std::min<int64_t>(num_parts(rows), targets.size(0));
+  const int64_t parts = std::min<int64_t>(edge_parts(rows), targets.size(0));
   const int64_t stride = targets.numel() / targets.size(0);
   scalar_t* base = targets.data_ptr<scalar_t>();
   at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
@@ -281,6 +278,12 @@ void check_inputs(const torch::Tensor& out, const torch::Tensor& x, const torch:
 }
 
 }  // namespace
+
+// threads (scatter parts) for this many radial rows: one per MIN_ROWS rows at most
+int64_t edge_parts(int64_t rows) {
+  constexpr int64_t MIN_ROWS = 64;
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / MIN_ROWS));
+}
 
 // pooled[p] [n, mid, c] += messages of the edges of radial rows [first, first + w.size(0)), part
 // p of them (one part per thread, at most pooled.size(0) parts; the pooled messages are the sum

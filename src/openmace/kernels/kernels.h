@@ -5,6 +5,9 @@
 
 #include <torch/types.h>
 
+// the number of parts (threads, each with its own scatter target) the edge kernels split this
+// many radial rows into
+int64_t edge_parts(int64_t rows);
 void pooled_forward(torch::Tensor pooled, torch::Tensor x, torch::Tensor sh, torch::Tensor w,
                     torch::Tensor sender, torch::Tensor receiver, int64_t first, int64_t half,
                     torch::Tensor slot_start, torch::Tensor slot_path, torch::Tensor nz_sh,

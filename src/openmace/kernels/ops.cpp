@@ -12,11 +12,8 @@
 // plugin compiles these sources too). First derivatives only: a second derivative through them
 // is an error (the Python inference path falls back to autograd there instead).
 
-#include <ATen/Parallel.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
-
-#include <algorithm>
 
 #include "kernels.h"
 
@@ -25,13 +22,6 @@ namespace {
 using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
-
-constexpr int64_t MIN_ROWS_PER_PART = 64;  // as MIN_ROWS in edge_messages.cpp
-
-int64_t scatter_parts(int64_t rows) {
-  return std::max<int64_t>(
-      1, std::min<int64_t>(at::get_num_threads(), rows / MIN_ROWS_PER_PART));
-}
 
 void no_second_derivative(const char* what) {
   TORCH_CHECK(!torch::GradMode::is_enabled(), what,
@@ -49,7 +39,7 @@ class PooledMessages : public torch::autograd::Function<PooledMessages> {
     weights = weights.contiguous();
     sender = sender.contiguous();
     receiver = receiver.contiguous();
-    const int64_t rows = weights.size(0), parts = scatter_parts(rows);
+    const int64_t rows = weights.size(0), parts = edge_parts(rows);
     auto pooled = x.new_zeros({parts, x.size(0), slot_path.size(0), x.size(2)});
     pooled_forward(pooled, x, sh, weights, sender, receiver, 0, half, slot_start, slot_path,
                    nz_sh, nz_in, nz_val);
@@ -64,7 +54,7 @@ class PooledMessages : public torch::autograd::Function<PooledMessages> {
     const auto saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &sh = saved[1], &weights = saved[2];
     const int64_t half = ctx->saved_data["half"].toInt();
-    const int64_t parts = scatter_parts(weights.size(0));
+    const int64_t parts = edge_parts(weights.size(0));
     auto grad_x = x.new_zeros({parts, x.size(0), x.size(1), x.size(2)});
     auto grad_sh = torch::zeros_like(sh);
     auto grad_w = torch::empty_like(weights);  // written by the kernel
