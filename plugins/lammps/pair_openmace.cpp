@@ -1,14 +1,25 @@
 /* pair_style openmace: MACE potentials exported by openmace (`openmace export --lammps`).
 
-   pair_style openmace [device cpu|cuda] [threads N]
+   pair_style openmace [device cpu|cuda] [comm exchange|shell] [threads N]
    pair_coeff * * model.pt El1 El2 ...        (one element symbol per LAMMPS atom type)
 
    One rank with a box periodic in every direction (compute_periodic): each ghost is a periodic
    image of a local atom, so the model evaluates the box's atoms with images as edge shifts (the
    ASE calculator's graph), and the virial is the model's strain derivative.
 
-   Otherwise (compute_ghosts), exact under domain decomposition by a ghost shell of the full
-   receptive field: a MACE model
+   Otherwise, on the CPU with a model file of the compiled operators (compute_exchange, the
+   default): ghosts to r_max + skin, edges ending on local atoms, and between layers the ghosts'
+   node features are replaced by their owners' through LAMMPS' forward communication
+   (pack/unpack_forward_comm), their gradients added to the owners' by the reverse
+   communication, inside the model's backward pass (torch.ops.openmace.halo_exchange calls
+   forward() and reverse() below; openmace/model/halo.py). Each rank computes node updates of
+   its own atoms only. Energy of local atoms, forces on local and ghost atoms, virial by fdotr
+   as in the ghost shell below; fdotr stays exact because every exchanged feature is a
+   translation-invariant function of positions: the position gradients it sends back to an
+   owner sum to zero, so it does not matter in which image's frame they are multiplied by r.
+
+   comm shell, device cuda, or a --reference model file (compute_ghosts): exact under domain
+   decomposition by a ghost shell of the full receptive field: a MACE model
    with L message-passing layers of cutoff r_max gives each atom an energy that depends on the
    positions of atoms up to L * r_max away. Each rank therefore keeps ghost atoms out to
    L * r_max + skin (comm->cutghostuser), builds the graph of its local and ghost atoms from a
@@ -22,7 +33,7 @@
    owners, so the total force on every atom is -dE/dr of the total energy. The global virial is
    -sum_k r_k (x) dE_rank/dr_k over local and ghost atoms (virial_fdotr_compute), which sums
    over ranks to the virial of the total energy. The price is the redundant work on ghost atoms
-   (measured: benchmarks/lammps.py); a per-layer exchange of node features would avoid it.
+   (measured: benchmarks/lammps.py), which the exchange avoids.
 
    The model file holds a TorchScript module and the extra file lammps.txt (format below, written
    by openmace.io.lammps); forward(positions [n, 3], atomic_numbers [n], edge_index [2, e],
@@ -59,7 +70,7 @@
 using namespace LAMMPS_NS;
 
 // the lammps.txt format this plugin reads; openmace.io.lammps.INTERFACE_VERSION writes it
-static constexpr int INTERFACE_VERSION = 2;
+static constexpr int INTERFACE_VERSION = 3;
 
 PairOpenMACE::PairOpenMACE(LAMMPS *lmp) : Pair(lmp)
 {
@@ -106,12 +117,16 @@ void PairOpenMACE::settings(int narg, char **arg)
       } else {
         error->all(FLERR, "pair_style openmace: device must be cpu or cuda, not {}", value);
       }
+    } else if (key == "comm") {
+      if (value != "exchange" && value != "shell")
+        error->all(FLERR, "pair_style openmace: comm must be exchange or shell, not {}", value);
+      shell_requested_ = value == "shell";
     } else if (key == "threads") {
       const int threads = utils::inumeric(FLERR, value, false, lmp);
       if (threads < 1) error->all(FLERR, "pair_style openmace: threads must be >= 1");
       at::set_num_threads(threads);
     } else {
-      error->all(FLERR, "pair_style openmace: unknown keyword {} (keywords: device, threads)",
+      error->all(FLERR, "pair_style openmace: unknown keyword {} (keywords: device, comm, threads)",
                  key);
     }
   }
@@ -157,6 +172,8 @@ void PairOpenMACE::load_model(const std::string &path)
                path);
   r_max_ = std::atof(fields["r_max"].c_str());
   num_layers_ = std::atoi(fields["num_layers"].c_str());
+  exchange_width_ = std::atoi(fields["exchange_width"].c_str());
+  operators_ = fields["implementation"] == "operators";
   dtype_ = fields["dtype"] == "float32" ? torch::kFloat32 : torch::kFloat64;
   symbols_.clear();
   numbers_.clear();
@@ -207,15 +224,27 @@ void PairOpenMACE::init_style()
 {
   if (force->newton_pair == 0) error->all(FLERR, "pair_style openmace requires newton pair on");
   if (!loaded_) error->all(FLERR, "pair_style openmace: no model (pair_coeff * * MODEL.pt ...)");
-  neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
   // one rank with a fully periodic box: the model sees the box's atoms and their periodic
-  // images as edge shifts (compute_periodic), ghosts are needed to r_max + skin only; else
-  // ghost atoms out to the receptive field (plus the skin: atoms move between rebuilds)
+  // images as edge shifts (compute_periodic); exchange: ghosts to r_max + skin, their node
+  // features communicated between layers; shell: ghost atoms out to the receptive field (plus
+  // the skin: atoms move between rebuilds), with neighbour lists of their own
+  const bool shell = !whole_periodic_box() && !use_exchange();
+  ghostneigh = shell ? 1 : 0;
+  neighbor->add_request(this, shell ? NeighConst::REQ_FULL | NeighConst::REQ_GHOST
+                                    : NeighConst::REQ_FULL);
   no_virial_fdotr_compute = whole_periodic_box() ? 1 : 0;
-  if (!whole_periodic_box()) {
-    const double shell = num_layers_ * r_max_ + neighbor->skin;
-    if (comm->cutghostuser < shell) comm->cutghostuser = shell;
+  comm_forward = comm_reverse = use_exchange() ? exchange_width_ : 0;
+  if (shell) {
+    const double cut = num_layers_ * r_max_ + neighbor->skin;
+    if (comm->cutghostuser < cut) comm->cutghostuser = cut;
   }
+}
+
+// the per-layer exchange: CPU, a model file with the operators (the exchange is one of them),
+// unless pair_style ... comm shell
+bool PairOpenMACE::use_exchange() const
+{
+  return operators_ && !device_.is_cuda() && !shell_requested_;
 }
 
 bool PairOpenMACE::whole_periodic_box() const
@@ -236,6 +265,8 @@ void PairOpenMACE::compute(int eflag, int vflag)
     error->all(FLERR, "pair_style openmace does not compute per-atom virials (stress/atom)");
   if (whole_periodic_box())
     compute_periodic();
+  else if (use_exchange())
+    compute_exchange();
   else
     compute_ghosts();
 }
@@ -275,6 +306,48 @@ void PairOpenMACE::add_results(const torch::Tensor &energy, const torch::Tensor 
   }
 }
 
+// The edges of every pair closer than r_max in the neighbour lists of ilist[0..count) that
+// keep(i, j) accepts (each pair once): sender j -> receiver i for every pair, then the reverse
+// in the same order (the model then evaluates its radial functions once per pair)
+template <typename Keep>
+static torch::Tensor pair_edges(NeighList *list, int count, double **x, double r_max, Keep keep)
+{
+  std::vector<int64_t> first, second;
+  const double cut2 = r_max * r_max;
+  for (int ii = 0; ii < count; ii++) {
+    const int i = list->ilist[ii];
+    const int *jlist = list->firstneigh[i];
+    for (int jj = 0; jj < list->numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (!keep(i, j)) continue;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      if (dx * dx + dy * dy + dz * dz < cut2) {
+        first.push_back(i);
+        second.push_back(j);
+      }
+    }
+  }
+  const int64_t pairs = static_cast<int64_t>(first.size());
+  auto edge_index = torch::empty({2, 2 * pairs}, torch::kInt64);
+  int64_t *senders = edge_index.data_ptr<int64_t>(), *receivers = senders + 2 * pairs;
+  for (int64_t p = 0; p < pairs; p++) {
+    senders[p] = second[p];
+    receivers[p] = first[p];
+    senders[pairs + p] = first[p];
+    receivers[pairs + p] = second[p];
+  }
+  return edge_index;
+}
+
+// the atomic numbers of atoms 0..n-1 (from their LAMMPS types)
+torch::Tensor PairOpenMACE::atomic_numbers(int n) const
+{
+  auto numbers = torch::empty({n}, torch::kInt64);
+  int64_t *z = numbers.data_ptr<int64_t>();
+  for (int i = 0; i < n; i++) z[i] = type_number_[atom->type[i]];
+  return numbers;
+}
+
 // One rank, fully periodic box: the ASE calculator's graph. Each ghost is an image of a local
 // atom (found by its tag); an edge to a ghost becomes an edge to its owner with the lattice
 // translation between them, and the virial comes from the model's strain derivative.
@@ -283,7 +356,6 @@ void PairOpenMACE::compute_periodic()
   const int nlocal = atom->nlocal;
   double **x = atom->x;
   const tagint *tag = atom->tag;
-  const int *type = atom->type;
   std::unordered_map<tagint, int> owner;
   owner.reserve(2 * nlocal);
   for (int i = 0; i < nlocal; i++) owner[tag[i]] = i;
@@ -328,9 +400,7 @@ void PairOpenMACE::compute_periodic()
       s[3 * (pairs + p) + k] = -static_cast<double>(shift[3 * p + k]);
     }
   }
-  auto numbers = torch::empty({nlocal}, torch::kInt64);
-  int64_t *z = numbers.data_ptr<int64_t>();
-  for (int i = 0; i < nlocal; i++) z[i] = type_number_[type[i]];
+  const auto numbers = atomic_numbers(nlocal);
   // cell rows a, b, c (LAMMPS' restricted triclinic box)
   auto cell = torch::tensor({h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]}, torch::kFloat64)
                   .reshape({3, 3});
@@ -357,44 +427,16 @@ void PairOpenMACE::compute_ghosts()
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
   double **x = atom->x;
-  const int *type = atom->type;
   const int count = list->inum + list->gnum;
   const int *ilist = list->ilist;
-  const int *numneigh = list->numneigh;
-  int **firstneigh = list->firstneigh;
 
   // each pair closer than r_max once (from the list of its lower index, or of the atom that
-  // has a list), then the edges: the pairs one way, then reversed (the model detects this
-  // order and evaluates its radial functions once per pair)
+  // has a list)
   std::vector<char> has_list(nall, 0);
   for (int ii = 0; ii < count; ii++) has_list[ilist[ii]] = 1;
-  std::vector<int64_t> first, second;
-  const double cut2 = r_max_ * r_max_;
-  for (int ii = 0; ii < count; ii++) {
-    const int i = ilist[ii];
-    const int *jlist = firstneigh[i];
-    for (int jj = 0; jj < numneigh[i]; jj++) {
-      const int j = jlist[jj] & NEIGHMASK;
-      if (j < i && has_list[j]) continue;  // found from j's list
-      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-      if (dx * dx + dy * dy + dz * dz < cut2) {
-        first.push_back(i);
-        second.push_back(j);
-      }
-    }
-  }
-  const int64_t pairs = static_cast<int64_t>(first.size());
-  auto edge_index = torch::empty({2, 2 * pairs}, torch::kInt64);
-  int64_t *senders = edge_index.data_ptr<int64_t>(), *receivers = senders + 2 * pairs;
-  for (int64_t p = 0; p < pairs; p++) {
-    senders[p] = second[p];
-    receivers[p] = first[p];
-    senders[pairs + p] = first[p];
-    receivers[pairs + p] = second[p];
-  }
-  auto numbers = torch::empty({nall}, torch::kInt64);
-  int64_t *z = numbers.data_ptr<int64_t>();
-  for (int i = 0; i < nall; i++) z[i] = type_number_[type[i]];
+  const auto edge_index = pair_edges(list, count, x, r_max_,
+                                     [&](int i, int j) { return !(j < i && has_list[j]); });
+  const auto numbers = atomic_numbers(nall);
   auto positions = torch::from_blob(x[0], {nall, 3}, torch::kFloat64);
 
   std::vector<torch::jit::IValue> inputs{positions.to(device_, dtype_), numbers.to(device_),
@@ -402,6 +444,86 @@ void PairOpenMACE::compute_ghosts()
   const auto out = run_model("forward", inputs, {"energy", "node_energy", "forces"});
   add_results(out[0], out[1], out[2], nall);
   if (vflag_fdotr) virial_fdotr_compute();
+}
+
+// Any number of ranks, CPU: ghosts to r_max + skin; the edges of every pair closer than r_max
+// with a local atom (local pairs once, then reversed); the model replaces the ghosts' node
+// features by their owners' before every layer after the first, through forward() and
+// reverse() below (openmace/model/halo.py)
+void PairOpenMACE::compute_exchange()
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  double **x = atom->x;
+  // a local pair from the lower index's list; a pair with a ghost from the local atom's
+  const auto edge_index = pair_edges(list, list->inum, x, r_max_,
+                                     [&](int i, int j) { return !(j < nlocal && j < i); });
+  const auto numbers = atomic_numbers(nall);
+  auto owners = torch::full({nall}, -1, torch::kInt64);  // -1: from LAMMPS' communication
+  int64_t *o = owners.data_ptr<int64_t>();
+  for (int i = 0; i < nlocal; i++) o[i] = i;
+  auto positions = torch::from_blob(x[0], {nall, 3}, torch::kFloat64);
+  std::vector<torch::jit::IValue> inputs{positions.to(dtype_), numbers, edge_index,
+                                         static_cast<int64_t>(nlocal), owners};
+  struct Installed {  // the communication, for this model call only
+    explicit Installed(HaloComm *comm) { set_halo_comm(comm); }
+    ~Installed() { set_halo_comm(nullptr); }
+  } installed(this);
+  const auto out = run_model("exchange", inputs, {"energy", "node_energy", "forces"});
+  add_results(out[0], out[1], out[2], nall);
+  if (vflag_fdotr) virial_fdotr_compute();
+}
+
+void PairOpenMACE::forward(torch::Tensor rows)
+{
+  if (rows.size(0) != atom->nlocal + atom->nghost)
+    error->one(FLERR, "pair_style openmace: exchanged features of {} atoms, not local + ghost",
+               rows.size(0));
+  rows_ = rows.data_ptr<double>();
+  width_ = static_cast<int>(rows.size(1));
+  if (width_ > comm_forward)
+    error->one(FLERR, "pair_style openmace: {} floats per atom exceed the model's width {}",
+               width_, comm_forward);
+  comm->forward_comm(this, width_);
+  rows_ = nullptr;
+}
+
+void PairOpenMACE::reverse(torch::Tensor rows)
+{
+  rows_ = rows.data_ptr<double>();
+  width_ = static_cast<int>(rows.size(1));
+  comm->reverse_comm(this, width_);
+  rows_ = nullptr;
+}
+
+int PairOpenMACE::pack_forward_comm(int n, int *list, double *buf, int, int *)
+{
+  for (int i = 0; i < n; i++)
+    std::memcpy(buf + static_cast<size_t>(i) * width_, rows_ + static_cast<size_t>(list[i]) * width_,
+                sizeof(double) * width_);
+  return n * width_;
+}
+
+void PairOpenMACE::unpack_forward_comm(int n, int first, double *buf)
+{
+  std::memcpy(rows_ + static_cast<size_t>(first) * width_, buf,
+              sizeof(double) * width_ * static_cast<size_t>(n));
+}
+
+int PairOpenMACE::pack_reverse_comm(int n, int first, double *buf)
+{
+  std::memcpy(buf, rows_ + static_cast<size_t>(first) * width_,
+              sizeof(double) * width_ * static_cast<size_t>(n));
+  return n * width_;
+}
+
+void PairOpenMACE::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  for (int i = 0; i < n; i++) {
+    double *row = rows_ + static_cast<size_t>(list[i]) * width_;
+    const double *add = buf + static_cast<size_t>(i) * width_;
+    for (int k = 0; k < width_; k++) row[k] += add[k];
+  }
 }
 
 // called by the loader (openmace_plugin.cpp) after it opened this library

@@ -7,6 +7,8 @@
 
 #include "pair.h"
 
+#include "kernels.h"  // HaloComm (src/openmace/kernels)
+
 #include <torch/script.h>
 
 #include <string>
@@ -14,7 +16,7 @@
 
 namespace LAMMPS_NS {
 
-class PairOpenMACE : public Pair {
+class PairOpenMACE : public Pair, public HaloComm {
  public:
   explicit PairOpenMACE(class LAMMPS *);
   ~PairOpenMACE() override;
@@ -23,12 +25,22 @@ class PairOpenMACE : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+  // HaloComm: node features between layers, through LAMMPS' forward and reverse communication
+  void forward(torch::Tensor rows) override;
+  void reverse(torch::Tensor rows) override;
 
  private:
   void allocate();
   void load_model(const std::string &path);
   bool whole_periodic_box() const;
   void compute_ghosts();
+  void compute_exchange();
+  bool use_exchange() const;
+  torch::Tensor atomic_numbers(int n) const;
   void compute_periodic();
   std::vector<torch::Tensor> run_model(const std::string &method,
                                        std::vector<torch::jit::IValue> &inputs,
@@ -42,6 +54,11 @@ class PairOpenMACE : public Pair {
   torch::Dtype dtype_ = torch::kFloat64;
   double r_max_ = 0.0;
   int num_layers_ = 0;
+  int exchange_width_ = 0;        // floats per atom exchanged between layers (0: no exchange)
+  bool operators_ = false;         // the model file runs the compiled operators
+  bool shell_requested_ = false;  // comm shell: the ghost shell even where exchange works
+  double *rows_ = nullptr;        // the features being communicated, [nall, width_]
+  int width_ = 0;
   std::vector<std::string> symbols_;     // the model's elements
   std::vector<int64_t> numbers_;         // and their atomic numbers
   std::vector<int64_t> type_number_;     // LAMMPS type (1-based) -> atomic number

@@ -62,6 +62,70 @@ def test_exported_file_gives_the_eager_numbers_for_the_local_atoms(operators, tm
     assert zipfile.is_zipfile(path)
 
 
+def images_within(atoms, shell: float):
+    """The cell's atoms, then their periodic images within ``shell`` of the cell (as LAMMPS'
+    ghosts with the default communication cutoff), the owner of each, and every pair closer
+    than r_max with at least one atom of the cell, both directions (reversed halves)."""
+    from ase.neighborlist import neighbor_list
+
+    r_max = 3.0
+    _, j, shift = neighbor_list("ijS", atoms, shell)
+    images = sorted({(int(jj), *map(int, s)) for jj, s in zip(j, shift) if any(s)})
+    cell = atoms.cell.array
+    positions = np.concatenate(
+        [atoms.positions] + [(atoms.positions[k] + np.array(s) @ cell)[None] for k, *s in images]
+    )
+    n = len(atoms)
+    owners = np.concatenate([np.arange(n), [k for k, *_ in images]]).astype(np.int64)
+    d = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
+    first, second = np.nonzero((d < r_max) & (d > 0))
+    keep = (first < n) & ((second >= n) | (first < second))  # each pair once
+    first, second = first[keep], second[keep]
+    edge_index = np.stack([np.concatenate([second, first]), np.concatenate([first, second])])
+    return (
+        torch.tensor(positions),
+        torch.tensor(atoms.numbers[owners]),
+        torch.tensor(edge_index),
+        torch.tensor(owners),
+    )
+
+
+BLOCKS = {
+    "standard": {},
+    "first_not_residual": {"residual_first": False},
+    "density": {"interaction": "density", "agnostic_product": True},
+    "nonlinear": {"interaction": "nonlinear", "apply_cutoff": False},
+}
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("operators", [True, False], ids=["operators", "reference"])
+def test_exchange_gives_the_calculator_numbers_with_ghosts_to_r_max_only(
+    operators, block, tmp_path
+):
+    """Three layers, ghosts to r_max: exact only because the ghosts' node features are their
+    owners' between layers (with the ghost-shell forward, the same atoms give other numbers)."""
+    if operators and not compiler_available():
+        pytest.skip("no C++ compiler or ninja")
+    model = make_model(
+        hidden_irreps="8x0e+8x1o+8x2e", r_max=3.0, num_interactions=3, **BLOCKS[block]
+    )
+    atoms = triclinic_cell() * (2, 1, 1)
+    scripted = torch.jit.load(str(export_lammps(model, tmp_path / "m.pt", operators=operators)))
+    positions, numbers, edge_index, owners = images_within(atoms, 3.0)
+    out = scripted.exchange(positions, numbers, edge_index, len(atoms), owners)
+    atoms.calc = MACECalculator(model=model, dtype="float64")
+    assert abs(out["energy"].item() - atoms.get_potential_energy()) < 1e-12
+    np.testing.assert_allclose(
+        out["node_energy"].numpy(), atoms.get_potential_energies(), rtol=0, atol=1e-12
+    )
+    forces = out["forces"][: len(atoms)].clone()
+    forces.index_add_(0, owners[len(atoms) :], out["forces"][len(atoms) :])
+    np.testing.assert_allclose(forces.numpy(), atoms.get_forces(), rtol=0, atol=1e-12)
+    shell_only = scripted(positions, numbers, edge_index, len(atoms))
+    assert abs(shell_only["energy"].item() - atoms.get_potential_energy()) > 1e-6
+
+
 def test_multi_head_models_are_refused_with_advice(tmp_path):
     energies = [[-1.1, -5.3, -4.2, -2.5], [-1.0, -5.0, -4.0, -2.0]]
     model = make_model(heads=["a", "b"], atomic_energies=energies)

@@ -216,6 +216,28 @@ def test_two_ranks_equal_one_on_domains_smaller_than_the_receptive_field(
         np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-10)
 
 
+def _ghosts(done: subprocess.CompletedProcess) -> float:
+    """LAMMPS' average number of ghost atoms per rank (its run summary)."""
+    line = next(line for line in done.stdout.splitlines() if line.startswith("Nghost:"))
+    return float(line.split()[1])
+
+
+def test_exchange_and_ghost_shell_agree_on_two_ranks(plugin, model_file, tmp_path):
+    """The per-layer exchange (ghosts to r_max + skin) and the ghost shell (to 2 r_max + skin)
+    give the same numbers; the exchange with fewer ghosts."""
+    atoms = hco_cell(24, seed=8) * (2, 1, 1)
+    runs = {}
+    for comm in ("exchange", "shell"):
+        folder = tmp_path / comm
+        style = f"pair_style openmace threads 1 comm {comm}"
+        runs[comm] = run_lammps(folder, atoms, plugin, model_file, 2, pair_style=style)
+    exchange, shell = (results(tmp_path / c, runs[c]) for c in ("exchange", "shell"))
+    assert abs(exchange["energy"] - shell["energy"]) < 1e-10
+    for key in ("forces", "energies", "stress"):
+        np.testing.assert_allclose(exchange[key], shell[key], rtol=0, atol=1e-10)
+    assert _ghosts(runs["exchange"]) < 0.6 * _ghosts(runs["shell"])
+
+
 def test_two_threads_give_the_one_thread_numbers_to_rounding(plugin, model_file, tmp_path):
     atoms = hco_cell(24, seed=4)
     one = results(tmp_path / "1", run_lammps(tmp_path / "1", atoms, plugin, model_file))
@@ -286,6 +308,12 @@ def test_plain_torchscript_export_is_refused_with_advice(plugin, model, tmp_path
     plain = export_torchscript(model, tmp_path / "plain.pt")
     line = _error_line(run_lammps(tmp_path, hco_cell(6), plugin, plain))
     assert "openmace export --lammps" in line
+
+
+def test_bad_comm_value_is_a_lammps_error(plugin, model_file, tmp_path):
+    style = "pair_style openmace comm halo"
+    line = _error_line(run_lammps(tmp_path, hco_cell(6), plugin, model_file, pair_style=style))
+    assert "comm must be exchange or shell, not halo" in line
 
 
 def test_bad_pair_style_keyword_is_a_lammps_error(plugin, model_file, tmp_path):

@@ -93,3 +93,12 @@ class OperatorContraction(nn.Module):
             self.rows,
         )
         return out.transpose(1, 2)  # [n, c, M]
+
+
+class OperatorHalo(nn.Module):
+    """:class:`openmace.model.halo.HaloExchange` through ``torch.ops.openmace.halo_exchange``:
+    inside LAMMPS the copies' features come from their owning MPI ranks (and their gradients go
+    back to them); elsewhere it gathers by ``owners`` as the reference does."""
+
+    def forward(self, h: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+        return torch.ops.openmace.halo_exchange(h, owners)

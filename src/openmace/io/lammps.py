@@ -12,10 +12,17 @@ and returns ``energy`` [1] (eV): the energy of the first ``num_local`` atoms, ``
 included (LAMMPS adds a ghost's force to its owner). Why the energy of local atoms only, and why
 this is exact on any number of ranks: ``plugins/lammps/pair_openmace.cpp``.
 
+``exchange`` (same arguments and ``owners`` [n]) is the per-layer alternative: ghosts only to
+r_max, node updates of the local atoms only, and the ghosts' node features taken from their
+owners between layers (:mod:`openmace.model.halo`; in LAMMPS by MPI communication). ``periodic``
+evaluates one rank's fully periodic box as the ASE calculator does.
+
 The extra file ``lammps.txt`` tells the plugin what it needs without a JSON parser, one
 ``key value`` per line: ``openmace-lammps`` (:data:`INTERFACE_VERSION`; the plugin refuses
-another), ``r_max`` (Å), ``num_layers``, ``dtype``, ``elements`` (``symbol:Z`` pairs) and
-``openmace`` (the exporting version). ``metadata.json`` is written as for the TorchScript export.
+another), ``r_max`` (Å), ``num_layers``, ``dtype``, ``elements`` (``symbol:Z`` pairs),
+``openmace`` (the exporting version), ``implementation`` (``operators`` or ``reference``) and
+``exchange_width`` (floats per atom exchanged between layers; 0 without the operators).
+``metadata.json`` is written as for the TorchScript export.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from openmace.model import MACE
 
 #: version of the model interface (forward's arguments and outputs, lammps.txt); the plugin's
 #: INTERFACE_VERSION in pair_openmace.cpp must be equal
-INTERFACE_VERSION = 2
+INTERFACE_VERSION = 3
 LAMMPS_FILE = "lammps.txt"
 
 
@@ -51,6 +58,31 @@ class _RankAtoms(nn.Module):
         edge_index: torch.Tensor,
         num_local: int,
     ) -> dict[str, torch.Tensor]:
+        return self._local_energy(positions, atomic_numbers, edge_index, num_local, None)
+
+    @torch.jit.export
+    def exchange(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        num_local: int,
+        owners: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """As :meth:`forward` with ghosts only out to r_max: the edges end on local atoms (or
+        come in reversed pairs), and before every layer after the first the ghosts' node
+        features are their owners' (``owners`` [n]: k for a local atom; the owner's index, or
+        -1 where LAMMPS' communication supplies them: :mod:`openmace.model.halo`)."""
+        return self._local_energy(positions, atomic_numbers, edge_index, num_local, owners)
+
+    def _local_energy(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        edge_index: torch.Tensor,
+        num_local: int,
+        owners: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
         reference = self.model.atomic_energies
         positions = positions.to(device=reference.device, dtype=reference.dtype).detach()
         positions.requires_grad_(True)
@@ -63,6 +95,8 @@ class _RankAtoms(nn.Module):
             positions.new_zeros((num_edges, 3)),
             torch.zeros(n, dtype=torch.long, device=reference.device),
             1,
+            owners=owners if owners is None else owners.to(reference.device),
+            num_local=num_local,
         )
         local = node_energy[:num_local]
         energy = local.sum()
@@ -113,6 +147,12 @@ class _RankAtoms(nn.Module):
         }
 
 
+def exchange_width(model: MACE) -> int:
+    """Floats per atom of the widest node features passed between layers (0: one layer)."""
+    channels = model.config.features.channels
+    return max((channels * sum(p.dims_out) for p in model.products[:-1]), default=0)
+
+
 def lammps_fields(model: MACE) -> dict[str, str]:
     """The ``lammps.txt`` entries of ``model``."""
     from openmace.version import __version__
@@ -147,8 +187,15 @@ def export_lammps(model: MACE, path: str | Path, operators: bool = True) -> Path
             f"({', '.join(cfg.embedding_specs)}), which LAMMPS does not provide"
         )
     implementation = "operators" if operators else "reference"
-    scripted = script_module(_RankAtoms(for_inference(model, implementation)))
+    frozen = for_inference(model, implementation)
+    if operators:
+        from openmace.accel.operators import OperatorHalo
+
+        frozen.halo = OperatorHalo()
+    scripted = script_module(_RankAtoms(frozen))
     fields = {**lammps_fields(model), "implementation": implementation}
+    # the node features LAMMPS exchanges per atom (floats): features between layers
+    fields["exchange_width"] = str(exchange_width(model) if operators else 0)
     text = "".join(f"{key} {value}\n" for key, value in fields.items())
     metadata = json.dumps(export_metadata(model), indent=1)
     path = Path(path)

@@ -24,3 +24,18 @@ torch::Tensor contraction_backward(torch::Tensor x, torch::Tensor species, torch
                                    torch::Tensor first, torch::Tensor dst, torch::Tensor src,
                                    torch::Tensor last, torch::Tensor pos, int64_t num_rows,
                                    torch::Tensor grad_out);
+
+// Where torch.ops.openmace.halo_exchange takes the features of copied atoms from (ops.cpp):
+// the LAMMPS pair style installs its MPI communication for the duration of a model call; with
+// none installed the operator gathers rows by the owners tensor (one process).
+class HaloComm {
+ public:
+  // rows [n, width] (float64, contiguous): fill the copies' rows from their owners' rows
+  virtual void forward(torch::Tensor rows) = 0;
+  // rows [n, width]: add every copy's row to its owner's row (the copies' rows keep values)
+  virtual void reverse(torch::Tensor rows) = 0;
+
+ protected:
+  ~HaloComm() = default;  // not deleted through this interface
+};
+void set_halo_comm(HaloComm* comm);  // nullptr: none

@@ -5,6 +5,11 @@
 //   torch.ops.openmace.symmetric_contraction(x [n, dim, c], species [n], p [slots, S, M, c],
 //       first, dst, src, last, pos, num_rows) -> [n, M, c]
 //
+//   torch.ops.openmace.halo_exchange(h [local, ...], owners [n]) -> [n, ...]: the local atoms'
+//       features followed by the copies', from their owners (openmace/model/halo.py); through
+//       the LAMMPS pair style's MPI communication while it has one installed (set_halo_comm),
+//       else h[owners]
+//
 // (half: the number of radial rows when the second half of the edges reverses the first, else
 // 0; the other arguments as in edge_messages.cpp and contraction.cpp.) Each is a
 // torch::autograd::Function whose backward runs the hand-written backward kernel, so a scripted
@@ -88,6 +93,53 @@ class SymmetricContraction : public torch::autograd::Function<SymmetricContracti
   }
 };
 
+HaloComm* halo_comm = nullptr;
+
+// h [local, ...] as rows [n, width] (float64; the copies' rows empty), or the reverse
+Tensor as_rows(const Tensor& h, int64_t n) {
+  auto rows = torch::zeros({n, h.numel() / std::max<int64_t>(1, h.size(0))},
+                           h.options().dtype(torch::kFloat64));
+  rows.narrow(0, 0, h.size(0)).copy_(h.reshape({h.size(0), -1}));
+  return rows;
+}
+
+class Halo : public torch::autograd::Function<Halo> {
+ public:
+  // h [local, ...] -> [n, ...]: rows 0..local-1 are h, the copies' rows their owners'
+  static Tensor forward(AutogradContext* ctx, Tensor h, Tensor owners) {
+    TORCH_CHECK(owners.dim() == 1 && owners.size(0) >= h.size(0),
+                "openmace::halo_exchange: one owner per atom, local atoms first");
+    ctx->save_for_backward({owners});
+    ctx->saved_data["local"] = h.size(0);
+    ctx->saved_data["via_comm"] = halo_comm != nullptr;
+    if (halo_comm == nullptr) return h.index_select(0, owners);
+    TORCH_CHECK(h.device().is_cpu(), "openmace::halo_exchange: CPU tensors in LAMMPS");
+    auto rows = as_rows(h, owners.size(0));
+    halo_comm->forward(rows);
+    auto sizes = h.sizes().vec();
+    sizes[0] = owners.size(0);
+    return rows.to(h.scalar_type()).reshape(sizes);
+  }
+
+  // the copies' gradients added to their owners'
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    no_second_derivative("openmace::halo_exchange");
+    const Tensor owners = ctx->get_saved_variables()[0];
+    const int64_t local = ctx->saved_data["local"].toInt();
+    const Tensor& grad = grads[0];
+    auto sizes = grad.sizes().vec();
+    sizes[0] = local;
+    if (!ctx->saved_data["via_comm"].toBool())
+      return {torch::zeros(sizes, grad.options()).index_add_(0, owners, grad), Tensor()};
+    TORCH_CHECK(halo_comm != nullptr, "openmace::halo_exchange: backward outside the model call");
+    auto rows = grad.reshape({grad.size(0), -1}).to(torch::kFloat64).contiguous().clone();
+    halo_comm->reverse(rows);
+    return {rows.narrow(0, 0, local).to(grad.scalar_type()).reshape(sizes), Tensor()};
+  }
+};
+
+Tensor halo_exchange(Tensor h, Tensor owners) { return Halo::apply(h, owners); }
+
 Tensor pooled_messages(Tensor x, Tensor sh, Tensor weights, Tensor sender, Tensor receiver,
                        int64_t half, Tensor slot_start, Tensor slot_path, Tensor nz_sh,
                        Tensor nz_in, Tensor nz_val) {
@@ -102,6 +154,8 @@ Tensor symmetric_contraction(Tensor x, Tensor species, Tensor p, Tensor first, T
 
 }  // namespace
 
+void set_halo_comm(HaloComm* comm) { halo_comm = comm; }
+
 // registered as composite operators: the autograd Functions above record their own graph nodes
 TORCH_LIBRARY(openmace, m) {
   m.def(
@@ -113,4 +167,5 @@ TORCH_LIBRARY(openmace, m) {
       "symmetric_contraction(Tensor x, Tensor species, Tensor p, Tensor first, Tensor dst, "
       "Tensor src, Tensor last, Tensor pos, int num_rows) -> Tensor",
       &symmetric_contraction);
+  m.def("halo_exchange(Tensor h, Tensor owners) -> Tensor", &halo_exchange);
 }

@@ -302,18 +302,24 @@ class InteractionBlock(nn.Module):
         sender: torch.Tensor,
         receiver: torch.Tensor,
         cutoff: torch.Tensor | None = None,
+        receiver_groups: ElementGroups | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``h [n, c, dim_in]`` → (A-features ``[n, c, dim_target]``, residual or None).
 
         ``radial`` holds the radial features of every edge, or of the first half of the edges
         only when the second half are their reverses in the same order (same lengths);
-        ``cutoff`` (same rows) the envelope when it multiplies the radial MLP's output."""
+        ``cutoff`` (same rows) the envelope when it multiplies the radial MLP's output.
+        ``receiver_groups``: the first atoms only (a domain's own atoms, which the edges end
+        on): A-features and residual are then computed for them alone."""
+        own = groups if receiver_groups is None else receiver_groups
+        local = own.species.shape[0]
+        h_own = h if local == h.shape[0] else h[:local]
         residual: torch.Tensor | None = None
         if self.residual:
             if self.plain_skip is not None:
-                residual = self.plain_skip(h.split(self.dims_in, dim=-1))
+                residual = self.plain_skip(h_own.split(self.dims_in, dim=-1))
             elif self.skip is not None:
-                residual = self.skip(h, groups)
+                residual = self.skip(h_own, own)
         x = self.linear_up(h.split(self.dims_in, dim=-1))  # [n, c_edge, dim_edge]
         num_nodes, num_edges = h.shape[0], sender.shape[0]
         if self.gate is not None:  # nonlinear: per-edge radial input with element embeddings
@@ -325,8 +331,11 @@ class InteractionBlock(nn.Module):
                 cutoff = _paired_rows(cutoff, num_edges)
         xt = x.transpose(1, 2).contiguous()  # [n, dim_edge, c_edge]: channels last for edges
         pooled = self.messages(xt, sh, radial, sender, receiver, cutoff)
-        mid = self.messages.tensor_product.split_mid(pooled)
         density = self._density(radial, cutoff, receiver, num_nodes, num_edges)
+        if local != num_nodes:
+            pooled, x = pooled[:local], x[:local]
+            density = density if density is None else density[:local]
+        mid = self.messages.tensor_product.split_mid(pooled)
         if self.gate is not None:
             assert density is not None  # the nonlinear block has an edge density
             denominator = (density * self.beta + self.alpha).view(-1, 1)
@@ -343,7 +352,7 @@ class InteractionBlock(nn.Module):
         else:
             a = self.linear(mid) / self.avg_num_neighbors
         if not self.residual:
-            a = self.skip(a, groups)
+            a = self.skip(a, own)
         return a, residual
 
     def _density(

@@ -27,6 +27,7 @@ from torch import nn
 from openmace.data.graph import Graph, paired_edges
 from openmace.model.config import MACEConfig
 from openmace.model.derivatives import apply_strain, energy_derivatives
+from openmace.model.halo import HaloExchange
 from openmace.model.interaction import InteractionBlock
 from openmace.model.product import ProductBlock
 from openmace.model.radial import (
@@ -37,6 +38,7 @@ from openmace.model.radial import (
 )
 from openmace.model.readout import Readout
 from openmace.o3 import (
+    ElementGroups,
     FeatureIrreps,
     Irrep,
     SphericalHarmonics,
@@ -170,6 +172,7 @@ class MACE(nn.Module):
                 raise ValueError("embedding_readout needs embedding_specs")
             self.embedding_readout = nn.Parameter(torch.randn(c, self.num_heads, dtype=dtype))
 
+        self.halo = HaloExchange()  # between layers when atoms have owners (LAMMPS)
         self.interactions = nn.ModuleList()
         self.products = nn.ModuleList()
         self.readouts = nn.ModuleList()
@@ -366,8 +369,16 @@ class MACE(nn.Module):
         head: torch.Tensor | None = None,
         total_charge: torch.Tensor | None = None,
         total_spin: torch.Tensor | None = None,
+        owners: torch.Tensor | None = None,
+        num_local: int = -1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Energies ``[G]`` and per-atom energies with E0 ``[n]`` (eV): eq. 8-13."""
+        """Energies ``[G]`` and per-atom energies with E0 ``[n]`` (eV): eq. 8-13.
+
+        ``owners`` ``[n]``: the atoms are a domain's ``num_local`` own atoms followed by copies
+        of others (LAMMPS' ghosts), edges end on own atoms (or come in reversed pairs). Node
+        updates are then computed for the own atoms only, and before every layer after the
+        first the copies take their owners' features (:mod:`openmace.model.halo`); the
+        per-atom energies returned are the own atoms' ``[num_local]``."""
         species = self.species(atomic_numbers)
         groups = element_groups(species, self.num_elements)
         product_groups = groups
@@ -403,8 +414,21 @@ class MACE(nn.Module):
                 w = self.embedding_readout
                 extra = self._select_head((h0 @ w) * w.shape[0] ** -0.5, node_head)
         h = h0.unsqueeze(-1)
+        own: ElementGroups | None = None
+        if owners is not None:  # a domain: node updates of its own atoms only
+            species, batch, site = species[:num_local], batch[:num_local], site[:num_local]
+            extra = extra[:num_local]
+            own = product_groups = element_groups(species, self.num_elements)
+            if self.agnostic_product:
+                product_groups = element_groups(torch.zeros_like(species), 1)
+            if node_head is not None:
+                node_head = node_head[:num_local]
+        layer = 0
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
-            a, residual = interaction(h, groups, sh, radial, sender, receiver, cutoff)
+            if owners is not None and layer > 0:
+                h = self.halo(h, owners)
+            layer += 1
+            a, residual = interaction(h, groups, sh, radial, sender, receiver, cutoff, own)
             h = product(a, product_groups, residual)
             site = site + self._select_head(readout(h), node_head)
 
