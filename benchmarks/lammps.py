@@ -1,7 +1,7 @@
 """LAMMPS (pair_style openmace, 1 and 2 MPI ranks) vs openmace's ASE calculator: time per MD step.
 
     python benchmarks/lammps.py --model MODEL [--element Cu] [--sizes 108,500]
-        [--dtypes float64] [--steps 20] [--threads 2]
+        [--dtypes float64] [--steps 20] [--threads 2] [--comm exchange]
 
 MODEL: an openmace model file, a mace-torch ``.model`` file or a mace-torch config folder
 (e.g. the parity fixture ``p3_periodic_L2_first_nonresidual`` with its weights decompressed,
@@ -9,12 +9,15 @@ elements Si and Cu). Structures: fcc ``--element`` (a = 3.61 Å), cubic supercel
 given number of atoms, rattled by 0.05 Å. Per case:
 
 * calculator: ``MACECalculator`` (compiled kernels when available) energy + forces, median of
-  ``--steps`` calls after 2 warm-up calls, a position nudged before each;
+  ``--steps`` calls after 2 warm-up calls, a position nudged before each, in a fresh process
+  (its peak RSS reported);
 * LAMMPS: ``run --steps`` of NVE (0.5 fs) after a 2-step warm-up, the loop time per step, with
-  1 rank × ``--threads`` PyTorch threads and with 2 ranks × ``threads/2``.
+  1 rank × ``--threads`` PyTorch threads, 1 rank × 1 thread, and 2 ranks × 1 thread
+  (``pair_style openmace comm --comm``); peak RSS per rank by ``/usr/bin/time``, summed.
 
-Prints one table: ms per step, atom-steps/s, LAMMPS 1 rank / calculator and 1 rank / 2 ranks,
-and the energy difference at step 0 (LAMMPS - calculator).
+Prints one table: ms per step, atom-steps/s, LAMMPS 1 rank / calculator, the MPI speed-up
+(1 rank × 1 thread / 2 ranks × 1 thread: twice the cores), peak memory, and the energies at
+step 0 (LAMMPS - calculator; 2 ranks - 1 rank).
 """
 
 from __future__ import annotations
@@ -53,7 +56,11 @@ def fcc(element: str, n_atoms: int) -> ase.Atoms:
     return atoms
 
 
-def calculator_ms(model, atoms: ase.Atoms, dtype: str, steps: int) -> tuple[float, float]:
+def calculator_ms(model, atoms: ase.Atoms, dtype: str, steps: int, threads: int):
+    """(ms per energy + forces call, energy at the start, peak RSS in MB) in this process."""
+    import resource
+
+    torch.set_num_threads(threads)
     atoms = atoms.copy()
     atoms.calc = MACECalculator(model=model, dtype=dtype)
     energy = atoms.get_potential_energy()
@@ -65,17 +72,27 @@ def calculator_ms(model, atoms: ase.Atoms, dtype: str, steps: int) -> tuple[floa
         atoms.get_forces()
         if i >= 2:
             times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times)), energy
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return 1000 * float(np.median(times)), energy, peak
 
 
-def lammps_ms(folder: Path, atoms, model_file, plugin, element, ranks, threads, steps):
+def calculator_in_child(*args):
+    """:func:`calculator_ms` in a fresh process (so that its peak memory is its own)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(calculator_ms, args)
+
+
+def lammps_ms(folder: Path, atoms, model_file, plugin, element, ranks, threads, steps, comm):
+    """(ms per MD step, energy at step 0, peak RSS summed over ranks in MB)."""
     ase.io.write(folder / "atoms.data", atoms, format="lammps-data", masses=True)
     script = f"""units metal
 atom_style atomic
 boundary p p p
 read_data {folder / "atoms.data"}
 plugin load {plugin}
-pair_style openmace threads {threads}
+pair_style openmace threads {threads} comm {comm}
 pair_coeff * * {model_file} {element}
 velocity all create 300.0 12345 loop geom
 fix nve all nve
@@ -86,7 +103,8 @@ run 2
 run {steps}
 """
     (folder / "in.lammps").write_text(script)
-    command = [executables()["mpirun"], "-np", str(ranks), str(lammps_binary()), "-in", "in.lammps"]
+    timed = ["/usr/bin/time", "-f", "MAXRSS_KB %M", str(lammps_binary())]
+    command = [executables()["mpirun"], "-np", str(ranks), *timed, "-in", "in.lammps"]
     done = subprocess.run(
         command + ["-log", "none"],
         cwd=folder,
@@ -98,7 +116,8 @@ run {steps}
         sys.exit(done.stdout[-2000:] + done.stderr[-2000:])
     loops = re.findall(r"Loop time of ([0-9.eE+-]+) on", done.stdout)
     energy = float(re.findall(r"^\s+0\s+(\S+)", done.stdout, re.M)[0])
-    return 1000 * float(loops[-1]) / steps, energy
+    peak = sum(int(kb) for kb in re.findall(r"MAXRSS_KB (\d+)", done.stderr)) / 1024
+    return 1000 * float(loops[-1]) / steps, energy, peak
 
 
 def main() -> None:
@@ -109,52 +128,44 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float64")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--comm", default="exchange", choices=["exchange", "shell"])
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     plugin = build_plugin()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
         for dtype in args.dtypes.split(","):
             model = load_any(args.model, getattr(torch, dtype))
             assert chemical_symbols.index(args.element) in model.config.atomic_numbers
-            model_file = export_lammps(model, Path(tmp) / f"model_{dtype}.pt")
+            model_file = export_lammps(model, folder / f"model_{dtype}.pt")
             for size in map(int, args.sizes.split(",")):
                 atoms = fcc(args.element, size)
-                calc, e_calc = calculator_ms(model, atoms, dtype, args.steps)
-                one, e_one = lammps_ms(
-                    Path(tmp),
-                    atoms,
-                    model_file,
-                    plugin,
-                    args.element,
-                    1,
-                    args.threads,
-                    args.steps,
+                calc, e_calc, calc_mb = calculator_in_child(
+                    model, atoms, dtype, args.steps, args.threads
                 )
-                two, _ = lammps_ms(
-                    Path(tmp),
-                    atoms,
-                    model_file,
-                    plugin,
-                    args.element,
-                    2,
-                    max(1, args.threads // 2),
-                    args.steps,
-                )
+                run = (folder, atoms, model_file, plugin, args.element)
+                one, e_one, one_mb = lammps_ms(*run, 1, args.threads, args.steps, args.comm)
+                single, _, _ = lammps_ms(*run, 1, 1, args.steps, args.comm)
+                two, e_two, two_mb = lammps_ms(*run, 2, 1, args.steps, args.comm)
                 n = len(atoms)
                 rows.append(
-                    f"| {dtype} | {n} | {calc:.1f} | {one:.1f} | {two:.1f} | "
+                    f"| {dtype} | {n} | {calc:.1f} | {one:.1f} | {single:.1f} | {two:.1f} | "
                     f"{n / calc * 1e3:.0f} | {n / one * 1e3:.0f} | {n / two * 1e3:.0f} | "
-                    f"{one / calc:.2f} | {one / two:.2f} | {e_one - e_calc:.1e} |"
+                    f"{one / calc:.2f} | {single / two:.2f} | {calc_mb:.0f} | {one_mb:.0f} | "
+                    f"{two_mb:.0f} | {e_one - e_calc:.1e} | {e_two - e_one:.1e} |"
                 )
                 print(rows[-1], flush=True)
-    print(f"\n{args.model.name}, fcc {args.element}, {args.threads} thread(s), ms per step")
     print(
-        "| dtype | atoms | calculator ms | LAMMPS 1 rank ms | LAMMPS 2 ranks ms | calc atom-steps/s"
-        " | 1 rank atom-steps/s | 2 ranks atom-steps/s | 1 rank / calc | 1 rank / 2 ranks |"
-        " ΔE eV |"
+        f"\n{args.model.name}, fcc {args.element}, ms per step; calculator and LAMMPS 1 rank with "
+        f"{args.threads} thread(s), LAMMPS 1 x 1 and 2 x 1 (ranks x threads), comm {args.comm}"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| dtype | atoms | calculator ms | LAMMPS 1 rank ms | 1 x 1 ms | 2 x 1 ms"
+        " | calc atom-steps/s | 1 rank atom-steps/s | 2 x 1 atom-steps/s | 1 rank / calc"
+        " | MPI speed-up 1x1 / 2x1 |"
+        " calc MB | 1 rank MB | 2 ranks MB | E LAMMPS - calc eV | E 2 - 1 ranks eV |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 
