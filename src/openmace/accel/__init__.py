@@ -52,11 +52,16 @@ from torch import nn
 
 from openmace.accel.contraction import CompiledContraction, FrozenContraction
 from openmace.accel.messages import InferenceMessages
-from openmace.accel.operators import OperatorContraction, OperatorMessages
+from openmace.accel.operators import (
+    FusedOperatorMessages,
+    OperatorContraction,
+    OperatorMessages,
+)
 from openmace.kernels import cpu_kernels
 from openmace.model import MACE
 from openmace.model.interaction import EdgeMessages
 from openmace.model.product import SymmetricContraction
+from openmace.model.radial import MLP
 
 IMPLEMENTATIONS = ("auto", "compiled", "pytorch", "reference", "operators")
 
@@ -93,6 +98,8 @@ def inference_messages(reference: EdgeMessages, implementation: str = "auto") ->
     if implementation == "reference":
         return reference
     if implementation == "operators":
+        if isinstance(reference.radial_mlp, MLP):
+            return FusedOperatorMessages(reference)
         return OperatorMessages(reference)
     return InferenceMessages(reference, kernels)
 

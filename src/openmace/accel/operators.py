@@ -4,7 +4,10 @@ model file uses (``openmace export --lammps``), in Python and in the C++ plugin,
 the same kernel sources.
 
 * :class:`OperatorMessages` (for :class:`EdgeMessages`): the radial MLP (and envelope) in
-  PyTorch operations, the pooled sums of eq. 8 by ``openmace::pooled_messages``.
+  PyTorch operations, the pooled sums of eq. 8 by ``openmace::pooled_messages``;
+  :class:`FusedOperatorMessages` where the radial MLP is a plain
+  :class:`openmace.model.radial.MLP`: its wide last layer inside
+  ``openmace::pooled_messages_last``, chunk by chunk.
 * :class:`OperatorContraction` (for :class:`SymmetricContraction`): every element's weights
   contracted once at conversion (a scripted module cannot grow a cache), the contraction by
   ``openmace::symmetric_contraction``.
@@ -62,6 +65,55 @@ class OperatorMessages(nn.Module):
             self.nz_sh,
             self.nz_in,
             self.nz_val,
+        )
+
+
+class FusedOperatorMessages(OperatorMessages):
+    """:class:`OperatorMessages` for a radial MLP of plain layers (``MLP``): the narrow
+    layers here (autograd), the wide last layer inside
+    ``torch.ops.openmace.pooled_messages_last``, chunk by chunk, forward and again backward, so
+    that the radial weights ``[rows, paths · channels]`` are never held whole (the calculator's
+    compiled path does the same; the LAMMPS memory per atom then matches it)."""
+
+    def __init__(self, reference: EdgeMessages) -> None:
+        super().__init__(reference)
+        w = reference.radial_mlp.weights[-1]
+        matrix = (w * w.shape[0] ** -0.5).detach().clone()
+        self.register_buffer("last_matrix", matrix, persistent=False)
+        self.chunk_rows = 0  # radial rows per chunk (0: 64 MB of weights; tests set a few)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sh: torch.Tensor,
+        radial: torch.Tensor,
+        sender: torch.Tensor,
+        receiver: torch.Tensor,
+        cutoff: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        h = radial
+        last = self.radial_mlp.num_layers - 1
+        for i, w in enumerate(self.radial_mlp.weights):
+            if i < last:
+                h = self.radial_mlp.act(h @ (w * w.shape[0] ** -0.5))
+        if cutoff is not None:  # (h c) W = (h W) c: the envelope on the narrow side
+            h = h * cutoff
+        rows = h.shape[0]
+        half = 0 if rows == sh.shape[0] else rows  # paired edges: rows for the first half
+        return torch.ops.openmace.pooled_messages_last(
+            x,
+            sh,
+            h,
+            self.last_matrix,
+            sender,
+            receiver,
+            half,
+            self.slot_start,
+            self.slot_path,
+            self.nz_sh,
+            self.nz_in,
+            self.nz_val,
+            self.chunk_rows,
         )
 
 

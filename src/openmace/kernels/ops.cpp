@@ -2,6 +2,11 @@
 //
 //   torch.ops.openmace.pooled_messages(x [n, dim_in, c], sh [e, dim_sh], weights [rows, paths, c],
 //       sender [e], receiver [e], half, slot_start, slot_path, nz_sh, nz_in, nz_val) -> [n, mid, c]
+//   torch.ops.openmace.pooled_messages_last(x, sh, inputs [rows, k], matrix [k, paths * c],
+//       sender, receiver, half, slot_start, slot_path, nz_sh, nz_in, nz_val, chunk) ->
+//       [n, mid, c]: the same with weights = inputs @ matrix (the radial MLP's wide last layer),
+//       computed chunk rows at a time (0: FUSED_CHUNK_BYTES of weights) forward and again
+//       backward, never all at once
 //   torch.ops.openmace.symmetric_contraction(x [n, dim, c], species [n], p [slots, S, M, c],
 //       first, dst, src, last, pos, num_rows) -> [n, M, c]
 //
@@ -67,6 +72,73 @@ class PooledMessages : public torch::autograd::Function<PooledMessages> {
                     saved[5], saved[6], saved[7], saved[8], saved[9], grads[0].contiguous());
     return {parts == 1 ? grad_x[0] : grad_x.sum(0), grad_sh, grad_w, Tensor(), Tensor(),
             Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+// radial weights of one chunk of rows at most (as FUSED_CHUNK_BYTES in accel/messages.py)
+constexpr int64_t FUSED_CHUNK_BYTES = 64 << 20;
+
+int64_t fused_rows(const Tensor& matrix, int64_t chunk) {
+  if (chunk > 0) return chunk;
+  return std::max<int64_t>(1, FUSED_CHUNK_BYTES / (matrix.size(1) * matrix.element_size()));
+}
+
+class PooledMessagesLast : public torch::autograd::Function<PooledMessagesLast> {
+ public:
+  static Tensor forward(AutogradContext* ctx, Tensor x, Tensor sh, Tensor inputs, Tensor matrix,
+                        Tensor sender, Tensor receiver, int64_t half, Tensor slot_start,
+                        Tensor slot_path, Tensor nz_sh, Tensor nz_in, Tensor nz_val,
+                        int64_t chunk_rows) {
+    x = x.contiguous();
+    sh = sh.contiguous();
+    inputs = inputs.contiguous();
+    matrix = matrix.contiguous();
+    sender = sender.contiguous();
+    receiver = receiver.contiguous();
+    const int64_t rows = inputs.size(0), c = x.size(2), paths = matrix.size(1) / c;
+    const int64_t parts = edge_parts(rows), chunk = fused_rows(matrix, chunk_rows);
+    auto pooled = x.new_zeros({parts, x.size(0), slot_path.size(0), c});
+    auto buffer = x.new_empty({std::min(chunk, rows), matrix.size(1)});
+    for (int64_t a = 0; a < rows; a += chunk) {
+      const int64_t b = std::min(a + chunk, rows);
+      auto weights = buffer.narrow(0, 0, b - a);
+      at::mm_out(weights, inputs.narrow(0, a, b - a), matrix);
+      pooled_forward(pooled, x, sh, weights.view({b - a, paths, c}), sender, receiver, a, half,
+                     slot_start, slot_path, nz_sh, nz_in, nz_val);
+    }
+    ctx->save_for_backward({x, sh, inputs, matrix, sender, receiver, slot_start, slot_path,
+                            nz_sh, nz_in, nz_val});
+    ctx->saved_data["half"] = half;
+    ctx->saved_data["chunk"] = chunk;
+    return parts == 1 ? pooled[0] : pooled.sum(0);
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    no_second_derivative("openmace::pooled_messages_last");
+    const auto s = ctx->get_saved_variables();
+    const Tensor &x = s[0], &sh = s[1], &inputs = s[2], &matrix = s[3];
+    const int64_t half = ctx->saved_data["half"].toInt();
+    const int64_t rows = inputs.size(0), c = x.size(2), paths = matrix.size(1) / c;
+    const int64_t parts = edge_parts(rows), chunk = ctx->saved_data["chunk"].toInt();
+    auto grad_x = x.new_zeros({parts, x.size(0), x.size(1), c});
+    auto grad_sh = torch::zeros_like(sh);
+    auto grad_inputs = torch::empty_like(inputs);
+    const auto grad_pooled = grads[0].contiguous();
+    auto buffer = x.new_empty({std::min(chunk, rows), matrix.size(1)});
+    auto grad_buffer = torch::empty_like(buffer);  // written by the kernel
+    for (int64_t a = 0; a < rows; a += chunk) {
+      const int64_t b = std::min(a + chunk, rows);
+      auto weights = buffer.narrow(0, 0, b - a);
+      auto grad_weights = grad_buffer.narrow(0, 0, b - a);
+      at::mm_out(weights, inputs.narrow(0, a, b - a), matrix);
+      pooled_backward(grad_x, grad_sh, grad_weights.view({b - a, paths, c}), x, sh,
+                      weights.view({b - a, paths, c}), s[4], s[5], a, half, s[6], s[7], s[8],
+                      s[9], s[10], grad_pooled);
+      auto out = grad_inputs.narrow(0, a, b - a);
+      at::mm_out(out, grad_weights, matrix.t());
+    }
+    return {parts == 1 ? grad_x[0] : grad_x.sum(0), grad_sh, grad_inputs, Tensor(), Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -147,6 +219,13 @@ Tensor pooled_messages(Tensor x, Tensor sh, Tensor weights, Tensor sender, Tenso
                                nz_sh, nz_in, nz_val);
 }
 
+Tensor pooled_messages_last(Tensor x, Tensor sh, Tensor inputs, Tensor matrix, Tensor sender,
+                            Tensor receiver, int64_t half, Tensor slot_start, Tensor slot_path,
+                            Tensor nz_sh, Tensor nz_in, Tensor nz_val, int64_t chunk) {
+  return PooledMessagesLast::apply(x, sh, inputs, matrix, sender, receiver, half, slot_start,
+                                   slot_path, nz_sh, nz_in, nz_val, chunk);
+}
+
 Tensor symmetric_contraction(Tensor x, Tensor species, Tensor p, Tensor first, Tensor dst,
                              Tensor src, Tensor last, Tensor pos, int64_t num_rows) {
   return SymmetricContraction::apply(x, species, p, first, dst, src, last, pos, num_rows);
@@ -163,6 +242,11 @@ TORCH_LIBRARY(openmace, m) {
       "int half, Tensor slot_start, Tensor slot_path, Tensor nz_sh, Tensor nz_in, "
       "Tensor nz_val) -> Tensor",
       &pooled_messages);
+  m.def(
+      "pooled_messages_last(Tensor x, Tensor sh, Tensor inputs, Tensor matrix, Tensor sender, "
+      "Tensor receiver, int half, Tensor slot_start, Tensor slot_path, Tensor nz_sh, "
+      "Tensor nz_in, Tensor nz_val, int chunk) -> Tensor",
+      &pooled_messages_last);
   m.def(
       "symmetric_contraction(Tensor x, Tensor species, Tensor p, Tensor first, Tensor dst, "
       "Tensor src, Tensor last, Tensor pos, int num_rows) -> Tensor",
