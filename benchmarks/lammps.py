@@ -129,6 +129,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--comm", default="exchange", choices=["exchange", "shell"])
+    parser.add_argument(
+        "--only-two-ranks",
+        action="store_true",
+        help="only LAMMPS on 2 ranks x 1 thread (the scale runs: cells too large for the rest)",
+    )
     args = parser.parse_args()
     plugin = build_plugin()
     rows = []
@@ -140,14 +145,22 @@ def main() -> None:
             model_file = export_lammps(model, folder / f"model_{dtype}.pt")
             for size in map(int, args.sizes.split(",")):
                 atoms = fcc(args.element, size)
+                run = (folder, atoms, model_file, plugin, args.element)
+                n = len(atoms)
+                if args.only_two_ranks:
+                    two, e_two, two_mb = lammps_ms(*run, 2, 1, args.steps, args.comm)
+                    rows.append(
+                        f"| {dtype} | {n} | - | - | - | {two:.1f} | - | - | {n / two * 1e3:.0f} "
+                        f"| - | - | - | - | {two_mb:.0f} | - | - |"
+                    )
+                    print(rows[-1], flush=True)
+                    continue
                 calc, e_calc, calc_mb = calculator_in_child(
                     model, atoms, dtype, args.steps, args.threads
                 )
-                run = (folder, atoms, model_file, plugin, args.element)
                 one, e_one, one_mb = lammps_ms(*run, 1, args.threads, args.steps, args.comm)
                 single, _, _ = lammps_ms(*run, 1, 1, args.steps, args.comm)
                 two, e_two, two_mb = lammps_ms(*run, 2, 1, args.steps, args.comm)
-                n = len(atoms)
                 rows.append(
                     f"| {dtype} | {n} | {calc:.1f} | {one:.1f} | {single:.1f} | {two:.1f} | "
                     f"{n / calc * 1e3:.0f} | {n / one * 1e3:.0f} | {n / two * 1e3:.0f} | "

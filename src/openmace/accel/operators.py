@@ -6,8 +6,8 @@ the same kernel sources.
 * :class:`OperatorMessages` (for :class:`EdgeMessages`): the radial MLP (and envelope) in
   PyTorch operations, the pooled sums of eq. 8 by ``openmace::pooled_messages``;
   :class:`FusedOperatorMessages` where the radial MLP is a plain
-  :class:`openmace.model.radial.MLP`: its wide last layer inside
-  ``openmace::pooled_messages_last``, chunk by chunk.
+  :class:`openmace.model.radial.MLP`: the MLP inside ``openmace::pooled_messages_mlp``, its
+  wide last layer chunk by chunk.
 * :class:`OperatorContraction` (for :class:`SymmetricContraction`): every element's weights
   contracted once at conversion (a scripted module cannot grow a cache), the contraction by
   ``openmace::symmetric_contraction``.
@@ -69,17 +69,22 @@ class OperatorMessages(nn.Module):
 
 
 class FusedOperatorMessages(OperatorMessages):
-    """:class:`OperatorMessages` for a radial MLP of plain layers (``MLP``): the narrow
-    layers here (autograd), the wide last layer inside
-    ``torch.ops.openmace.pooled_messages_last``, chunk by chunk, forward and again backward, so
-    that the radial weights ``[rows, paths · channels]`` are never held whole (the calculator's
-    compiled path does the same; the LAMMPS memory per atom then matches it)."""
+    """:class:`OperatorMessages` for a radial MLP of plain layers (``MLP``): the MLP inside
+    ``torch.ops.openmace.pooled_messages_mlp``, which keeps only its hidden pre-activations
+    and makes the wide last layer's output chunk by chunk, forward and again backward (as the
+    calculator's compiled path does): the radial weights ``[rows, paths · channels]`` are never
+    held whole, and no autograd graph of the MLP is kept (LAMMPS memory per atom then matches
+    the calculator's)."""
 
     def __init__(self, reference: EdgeMessages) -> None:
         super().__init__(reference)
-        w = reference.radial_mlp.weights[-1]
-        matrix = (w * w.shape[0] ** -0.5).detach().clone()
-        self.register_buffer("last_matrix", matrix, persistent=False)
+        scaled = [(w * w.shape[0] ** -0.5).detach() for w in reference.radial_mlp.weights]
+        hidden = [w.reshape(-1) for w in scaled[:-1]]
+        flat = torch.cat(hidden) if hidden else scaled[-1].new_zeros(0)
+        self.register_buffer("hidden_weights", flat.clone(), persistent=False)
+        self.register_buffer("last_matrix", scaled[-1].clone(), persistent=False)
+        self.sizes: list[int] = list(reference.radial_mlp.sizes)
+        self.act_scale = float(reference.radial_mlp.act.scale)
         self.chunk_rows = 0  # radial rows per chunk (0: 64 MB of weights; tests set a few)
 
     def forward(
@@ -91,22 +96,19 @@ class FusedOperatorMessages(OperatorMessages):
         receiver: torch.Tensor,
         cutoff: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        h = radial
-        last = self.radial_mlp.num_layers - 1
-        for i, w in enumerate(self.radial_mlp.weights):
-            if i < last:
-                h = self.radial_mlp.act(h @ (w * w.shape[0] ** -0.5))
-        if cutoff is not None:  # (h c) W = (h W) c: the envelope on the narrow side
-            h = h * cutoff
-        rows = h.shape[0]
+        rows = radial.shape[0]
         half = 0 if rows == sh.shape[0] else rows  # paired edges: rows for the first half
-        return torch.ops.openmace.pooled_messages_last(
+        return torch.ops.openmace.pooled_messages_mlp(
             x,
             sh,
-            h,
-            self.last_matrix,
+            radial,
+            cutoff,
             sender,
             receiver,
+            self.hidden_weights,
+            self.sizes,
+            self.last_matrix,
+            self.act_scale,
             half,
             self.slot_start,
             self.slot_path,

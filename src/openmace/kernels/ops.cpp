@@ -2,11 +2,13 @@
 //
 //   torch.ops.openmace.pooled_messages(x [n, dim_in, c], sh [e, dim_sh], weights [rows, paths, c],
 //       sender [e], receiver [e], half, slot_start, slot_path, nz_sh, nz_in, nz_val) -> [n, mid, c]
-//   torch.ops.openmace.pooled_messages_last(x, sh, inputs [rows, k], matrix [k, paths * c],
-//       sender, receiver, half, slot_start, slot_path, nz_sh, nz_in, nz_val, chunk) ->
-//       [n, mid, c]: the same with weights = inputs @ matrix (the radial MLP's wide last layer),
-//       computed chunk rows at a time (0: FUSED_CHUNK_BYTES of weights) forward and again
-//       backward, never all at once
+//   torch.ops.openmace.pooled_messages_mlp(x, sh, radial [rows, nb], cutoff [rows, 1]?,
+//       sender, receiver, hidden_weights (flat), sizes, last [k, paths * c], act_scale, half,
+//       slot_start, slot_path, nz_sh, nz_in, nz_val, chunk) -> [n, mid, c]: the same with the
+//       weights made here by the radial MLP of plain layers (times the envelope before the
+//       last layer, when given): hidden pre-activations kept, the wide last layer's output
+//       chunk rows at a time (0: FUSED_CHUNK_BYTES of it) forward and again backward, never
+//       all at once; the MLP's backward by hand (the calculator's compiled path keeps the same)
 //   torch.ops.openmace.symmetric_contraction(x [n, dim, c], species [n], p [slots, S, M, c],
 //       first, dst, src, last, pos, num_rows) -> [n, M, c]
 //
@@ -83,62 +85,116 @@ int64_t fused_rows(const Tensor& matrix, int64_t chunk) {
   return std::max<int64_t>(1, FUSED_CHUNK_BYTES / (matrix.size(1) * matrix.element_size()));
 }
 
-class PooledMessagesLast : public torch::autograd::Function<PooledMessagesLast> {
+// The radial MLP of plain layers (bias-free, normalised SiLU between layers; weights already
+// scaled by 1/sqrt(fan_in)): hidden [rows, sizes[l]] pre-activations are kept, the wide last
+// layer's output [rows, paths * c] is made chunk by chunk and consumed by the edge kernels.
+struct RadialMLP {
+  std::vector<Tensor> hidden;  // the hidden layers' weights
+  Tensor last;                 // [k, paths * c]
+  double act_scale;
+
+  RadialMLP(const Tensor& flat, c10::IntArrayRef sizes, Tensor last_, double scale)
+      : last(std::move(last_)), act_scale(scale) {
+    int64_t offset = 0;
+    for (size_t l = 0; l + 2 < sizes.size(); ++l) {  // all but the last layer
+      const int64_t n = sizes[l] * sizes[l + 1];
+      hidden.push_back(flat.narrow(0, offset, n).view({sizes[l], sizes[l + 1]}));
+      offset += n;
+    }
+  }
+  Tensor act(const Tensor& pre) const { return torch::silu(pre) * act_scale; }
+  // the last layer's input for rows [a, b): act(last pre-activation) (or the radial features),
+  // times the envelope when there is one
+  Tensor last_input(const std::vector<Tensor>& pre, const Tensor& radial, const Tensor& cutoff,
+                    int64_t a, int64_t b) const {
+    Tensor h = pre.empty() ? radial.narrow(0, a, b - a) : act(pre.back().narrow(0, a, b - a));
+    return cutoff.numel() > 0 ? h * cutoff.narrow(0, a, b - a) : h;
+  }
+};
+
+class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
  public:
-  static Tensor forward(AutogradContext* ctx, Tensor x, Tensor sh, Tensor inputs, Tensor matrix,
-                        Tensor sender, Tensor receiver, int64_t half, Tensor slot_start,
-                        Tensor slot_path, Tensor nz_sh, Tensor nz_in, Tensor nz_val,
-                        int64_t chunk_rows) {
+  static Tensor forward(AutogradContext* ctx, Tensor x, Tensor sh, Tensor radial,
+                        Tensor cutoff, Tensor sender, Tensor receiver, Tensor hidden_weights,
+                        std::vector<int64_t> sizes, Tensor last, double act_scale, int64_t half,
+                        Tensor slot_start, Tensor slot_path, Tensor nz_sh, Tensor nz_in,
+                        Tensor nz_val, int64_t chunk_rows) {
     x = x.contiguous();
     sh = sh.contiguous();
-    inputs = inputs.contiguous();
-    matrix = matrix.contiguous();
     sender = sender.contiguous();
     receiver = receiver.contiguous();
-    const int64_t rows = inputs.size(0), c = x.size(2), paths = matrix.size(1) / c;
-    const int64_t parts = edge_parts(rows), chunk = fused_rows(matrix, chunk_rows);
+    last = last.contiguous();
+    const RadialMLP mlp(hidden_weights, sizes, last, act_scale);
+    std::vector<Tensor> pre;  // kept for the backward pass
+    Tensor h = radial;
+    for (const auto& w : mlp.hidden) {
+      pre.push_back(torch::mm(h, w));
+      h = mlp.act(pre.back());
+    }
+    const int64_t rows = radial.size(0), c = x.size(2), paths = last.size(1) / c;
+    const int64_t parts = edge_parts(rows), chunk = fused_rows(last, chunk_rows);
     auto pooled = x.new_zeros({parts, x.size(0), slot_path.size(0), c});
-    auto buffer = x.new_empty({std::min(chunk, rows), matrix.size(1)});
+    auto buffer = x.new_empty({std::min(chunk, rows), last.size(1)});
     for (int64_t a = 0; a < rows; a += chunk) {
       const int64_t b = std::min(a + chunk, rows);
       auto weights = buffer.narrow(0, 0, b - a);
-      at::mm_out(weights, inputs.narrow(0, a, b - a), matrix);
+      at::mm_out(weights, mlp.last_input(pre, radial, cutoff, a, b), last);
       pooled_forward(pooled, x, sh, weights.view({b - a, paths, c}), sender, receiver, a, half,
                      slot_start, slot_path, nz_sh, nz_in, nz_val);
     }
-    ctx->save_for_backward({x, sh, inputs, matrix, sender, receiver, slot_start, slot_path,
-                            nz_sh, nz_in, nz_val});
+    std::vector<Tensor> saved{x,         sh,        radial, cutoff, sender, receiver,
+                              hidden_weights, last, slot_start, slot_path, nz_sh, nz_in,
+                              nz_val};
+    saved.insert(saved.end(), pre.begin(), pre.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["sizes"] = sizes;
+    ctx->saved_data["act_scale"] = act_scale;
     ctx->saved_data["half"] = half;
     ctx->saved_data["chunk"] = chunk;
     return parts == 1 ? pooled[0] : pooled.sum(0);
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
-    no_second_derivative("openmace::pooled_messages_last");
+    no_second_derivative("openmace::pooled_messages_mlp");
     const auto s = ctx->get_saved_variables();
-    const Tensor &x = s[0], &sh = s[1], &inputs = s[2], &matrix = s[3];
+    const Tensor &x = s[0], &sh = s[1], &radial = s[2], &cutoff = s[3], &last = s[7];
+    const std::vector<Tensor> pre(s.begin() + 13, s.end());
+    const auto sizes = ctx->saved_data["sizes"].toIntVector();
+    const RadialMLP mlp(s[6], sizes, last, ctx->saved_data["act_scale"].toDouble());
     const int64_t half = ctx->saved_data["half"].toInt();
-    const int64_t rows = inputs.size(0), c = x.size(2), paths = matrix.size(1) / c;
-    const int64_t parts = edge_parts(rows), chunk = ctx->saved_data["chunk"].toInt();
+    const int64_t chunk = ctx->saved_data["chunk"].toInt();
+    const int64_t rows = radial.size(0), c = x.size(2), paths = last.size(1) / c;
+    const int64_t parts = edge_parts(rows);
     auto grad_x = x.new_zeros({parts, x.size(0), x.size(1), c});
     auto grad_sh = torch::zeros_like(sh);
-    auto grad_inputs = torch::empty_like(inputs);
+    auto grad_h = x.new_empty({rows, last.size(0)});  // of the last layer's input
     const auto grad_pooled = grads[0].contiguous();
-    auto buffer = x.new_empty({std::min(chunk, rows), matrix.size(1)});
+    auto buffer = x.new_empty({std::min(chunk, rows), last.size(1)});
     auto grad_buffer = torch::empty_like(buffer);  // written by the kernel
     for (int64_t a = 0; a < rows; a += chunk) {
       const int64_t b = std::min(a + chunk, rows);
       auto weights = buffer.narrow(0, 0, b - a);
       auto grad_weights = grad_buffer.narrow(0, 0, b - a);
-      at::mm_out(weights, inputs.narrow(0, a, b - a), matrix);
+      at::mm_out(weights, mlp.last_input(pre, radial, cutoff, a, b), last);
       pooled_backward(grad_x, grad_sh, grad_weights.view({b - a, paths, c}), x, sh,
-                      weights.view({b - a, paths, c}), s[4], s[5], a, half, s[6], s[7], s[8],
-                      s[9], s[10], grad_pooled);
-      auto out = grad_inputs.narrow(0, a, b - a);
-      at::mm_out(out, grad_weights, matrix.t());
+                      weights.view({b - a, paths, c}), s[4], s[5], a, half, s[8], s[9], s[10],
+                      s[11], s[12], grad_pooled);
+      auto out = grad_h.narrow(0, a, b - a);
+      at::mm_out(out, grad_weights, last.t());
     }
-    return {parts == 1 ? grad_x[0] : grad_x.sum(0), grad_sh, grad_inputs, Tensor(), Tensor(),
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    Tensor grad_cutoff;
+    if (cutoff.numel() > 0) {  // h · cutoff: the envelope's gradient, then the input's
+      const Tensor h = pre.empty() ? radial : mlp.act(pre.back());
+      grad_cutoff = (grad_h * h).sum(1, true);
+      grad_h = grad_h * cutoff;
+    }
+    for (int64_t l = static_cast<int64_t>(mlp.hidden.size()) - 1; l >= 0; --l) {
+      const auto grad_pre = at::silu_backward(grad_h, pre[l]) * mlp.act_scale;
+      grad_h = torch::mm(grad_pre, mlp.hidden[l].t());
+    }
+    return {parts == 1 ? grad_x[0] : grad_x.sum(0), grad_sh, grad_h, grad_cutoff, Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
+            Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -219,11 +275,16 @@ Tensor pooled_messages(Tensor x, Tensor sh, Tensor weights, Tensor sender, Tenso
                                nz_sh, nz_in, nz_val);
 }
 
-Tensor pooled_messages_last(Tensor x, Tensor sh, Tensor inputs, Tensor matrix, Tensor sender,
-                            Tensor receiver, int64_t half, Tensor slot_start, Tensor slot_path,
-                            Tensor nz_sh, Tensor nz_in, Tensor nz_val, int64_t chunk) {
-  return PooledMessagesLast::apply(x, sh, inputs, matrix, sender, receiver, half, slot_start,
-                                   slot_path, nz_sh, nz_in, nz_val, chunk);
+Tensor pooled_messages_mlp(Tensor x, Tensor sh, Tensor radial, std::optional<Tensor> cutoff,
+                           Tensor sender, Tensor receiver, Tensor hidden_weights,
+                           std::vector<int64_t> sizes, Tensor last, double act_scale,
+                           int64_t half, Tensor slot_start, Tensor slot_path, Tensor nz_sh,
+                           Tensor nz_in, Tensor nz_val, int64_t chunk) {
+  // no envelope: an empty tensor (an undefined one cannot pass through the autograd Function)
+  const Tensor envelope = cutoff.has_value() ? *cutoff : radial.new_empty({0});
+  return PooledMessagesMLP::apply(x, sh, radial, envelope, sender, receiver,
+                                  hidden_weights, sizes, last, act_scale, half, slot_start,
+                                  slot_path, nz_sh, nz_in, nz_val, chunk);
 }
 
 Tensor symmetric_contraction(Tensor x, Tensor species, Tensor p, Tensor first, Tensor dst,
@@ -243,10 +304,11 @@ TORCH_LIBRARY(openmace, m) {
       "Tensor nz_val) -> Tensor",
       &pooled_messages);
   m.def(
-      "pooled_messages_last(Tensor x, Tensor sh, Tensor inputs, Tensor matrix, Tensor sender, "
-      "Tensor receiver, int half, Tensor slot_start, Tensor slot_path, Tensor nz_sh, "
-      "Tensor nz_in, Tensor nz_val, int chunk) -> Tensor",
-      &pooled_messages_last);
+      "pooled_messages_mlp(Tensor x, Tensor sh, Tensor radial, Tensor? cutoff, Tensor sender, "
+      "Tensor receiver, Tensor hidden_weights, int[] sizes, Tensor last, float act_scale, "
+      "int half, Tensor slot_start, Tensor slot_path, Tensor nz_sh, Tensor nz_in, "
+      "Tensor nz_val, int chunk) -> Tensor",
+      &pooled_messages_mlp);
   m.def(
       "symmetric_contraction(Tensor x, Tensor species, Tensor p, Tensor first, Tensor dst, "
       "Tensor src, Tensor last, Tensor pos, int num_rows) -> Tensor",
