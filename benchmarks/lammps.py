@@ -15,6 +15,11 @@ given number of atoms, rattled by 0.05 Å. Per case:
   1 rank × ``--threads`` PyTorch threads, 1 rank × 1 thread, and 2 ranks × 1 thread
   (``pair_style openmace comm --comm``); peak RSS per rank by ``/usr/bin/time``, summed.
 
+With ``--mace-python`` (the python of a venv with mace-torch 0.3.16) and a MODEL folder that
+holds mace-torch's ``model.model`` (the foundation look-alikes of
+``tests/fixtures/make_foundation_fixtures.py --full``), mace-torch's ASE calculator is timed too
+(``mace_torch_worker.py``, its default allocator, in its own process).
+
 Prints one table: ms per step, atom-steps/s, LAMMPS 1 rank / calculator, the MPI speed-up
 (1 rank × 1 thread / 2 ranks × 1 thread: twice the cores), peak memory, and the energies at
 step 0 (LAMMPS - calculator; 2 ranks - 1 rank).
@@ -84,6 +89,29 @@ def calculator_in_child(*args):
         return pool.apply(calculator_ms, args)
 
 
+def mace_torch_ms(args, atoms: ase.Atoms, dtype: str, folder: Path) -> dict:
+    """mace-torch's calculator on ``atoms`` (``mace_torch_worker.py time``): ms, peak MB."""
+    import json
+    import os
+
+    xyz = folder / "mace.xyz"
+    ase.io.write(xyz, atoms)
+    worker = Path(__file__).resolve().parent / "mace_torch_worker.py"
+    # mace-torch reads its .model by unpickling (torch.load with weights_only off): only for
+    # model files this project made (the look-alikes), never for files from elsewhere
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    done = subprocess.run(
+        [args.mace_python, str(worker), "time", str(args.model), str(xyz), dtype, str(args.steps)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if done.returncode != 0:
+        sys.exit(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def lammps_ms(folder: Path, atoms, model_file, plugin, element, ranks, threads, steps, comm):
     """(ms per MD step, energy at step 0, peak RSS summed over ranks in MB)."""
     ase.io.write(folder / "atoms.data", atoms, format="lammps-data", masses=True)
@@ -129,6 +157,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--comm", default="exchange", choices=["exchange", "shell"])
+    parser.add_argument("--mace-python", help="python with mace-torch: time its calculator")
     parser.add_argument(
         "--only-two-ranks",
         action="store_true",
@@ -158,6 +187,7 @@ def main() -> None:
                 calc, e_calc, calc_mb = calculator_in_child(
                     model, atoms, dtype, args.steps, args.threads
                 )
+                mace = mace_torch_ms(args, atoms, dtype, folder) if args.mace_python else None
                 one, e_one, one_mb = lammps_ms(*run, 1, args.threads, args.steps, args.comm)
                 single, _, _ = lammps_ms(*run, 1, 1, args.steps, args.comm)
                 two, e_two, two_mb = lammps_ms(*run, 2, 1, args.steps, args.comm)
@@ -167,6 +197,11 @@ def main() -> None:
                     f"{one / calc:.2f} | {single / two:.2f} | {calc_mb:.0f} | {one_mb:.0f} | "
                     f"{two_mb:.0f} | {e_one - e_calc:.1e} | {e_two - e_one:.1e} |"
                 )
+                if mace is not None:
+                    rows[-1] += (
+                        f" {mace['ms']:.1f} | {n / mace['ms'] * 1e3:.0f} | "
+                        f"{mace['ms'] / one:.1f} | {mace['peak_mb']:.0f} |"
+                    )
                 print(rows[-1], flush=True)
     print(
         f"\n{args.model.name}, fcc {args.element}, ms per step; calculator and LAMMPS 1 rank with "
@@ -178,6 +213,8 @@ def main() -> None:
         " | MPI speed-up 1x1 / 2x1 |"
         " calc MB | 1 rank MB | 2 ranks MB | E LAMMPS - calc eV | E 2 - 1 ranks eV |"
     )
+    if args.mace_python:
+        print("(then: mace-torch ms | mace-torch atom-steps/s | mace-torch / LAMMPS 1 rank | MB)")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
 
