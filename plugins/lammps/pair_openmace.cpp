@@ -474,27 +474,28 @@ void PairOpenMACE::compute_exchange()
   if (vflag_fdotr) virial_fdotr_compute();
 }
 
-void PairOpenMACE::forward(torch::Tensor rows)
+// rows [local + ghost, width] of the model's features: LAMMPS' communication reads and writes
+// them through pack/unpack below while they are installed here
+void PairOpenMACE::communicate(torch::Tensor rows, bool reverse)
 {
   if (rows.size(0) != atom->nlocal + atom->nghost)
     error->one(FLERR, "pair_style openmace: exchanged features of {} atoms, not local + ghost",
                rows.size(0));
-  rows_ = rows.data_ptr<double>();
   width_ = static_cast<int>(rows.size(1));
   if (width_ > comm_forward)
     error->one(FLERR, "pair_style openmace: {} floats per atom exceed the model's width {}",
                width_, comm_forward);
-  comm->forward_comm(this, width_);
+  rows_ = rows.data_ptr<double>();
+  if (reverse)
+    comm->reverse_comm(this, width_);
+  else
+    comm->forward_comm(this, width_);
   rows_ = nullptr;
 }
 
-void PairOpenMACE::reverse(torch::Tensor rows)
-{
-  rows_ = rows.data_ptr<double>();
-  width_ = static_cast<int>(rows.size(1));
-  comm->reverse_comm(this, width_);
-  rows_ = nullptr;
-}
+void PairOpenMACE::forward(torch::Tensor rows) { communicate(rows, false); }
+
+void PairOpenMACE::reverse(torch::Tensor rows) { communicate(rows, true); }
 
 int PairOpenMACE::pack_forward_comm(int n, int *list, double *buf, int, int *)
 {

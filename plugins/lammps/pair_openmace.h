@@ -39,6 +39,7 @@ class PairOpenMACE : public Pair, public HaloComm {
   bool whole_periodic_box() const;
   void compute_ghosts();
   void compute_exchange();
+  void communicate(torch::Tensor rows, bool reverse);
   bool use_exchange() const;
   torch::Tensor atomic_numbers(int n) const;
   void compute_periodic();

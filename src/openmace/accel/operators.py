@@ -21,6 +21,7 @@ CPU tensors only, float32 or float64.
 import torch
 from torch import nn
 
+from openmace.accel.messages import FUSED_CHUNK_BYTES
 from openmace.model.interaction import EdgeMessages
 from openmace.model.product import SymmetricContraction
 from openmace.o3 import ElementGroups
@@ -85,7 +86,10 @@ class FusedOperatorMessages(OperatorMessages):
         self.register_buffer("last_matrix", scaled[-1].clone(), persistent=False)
         self.sizes: list[int] = list(reference.radial_mlp.sizes)
         self.act_scale = float(reference.radial_mlp.act.scale)
-        self.chunk_rows = 0  # radial rows per chunk (0: 64 MB of weights; tests set a few)
+        # radial rows per chunk: FUSED_CHUNK_BYTES of weights, as the calculator's compiled
+        # path (0: all rows at once; tests set a few)
+        width_bytes = self.last_matrix.shape[1] * self.last_matrix.element_size()
+        self.chunk_rows = max(1, FUSED_CHUNK_BYTES // width_bytes)
 
     def forward(
         self,

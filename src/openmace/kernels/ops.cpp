@@ -7,8 +7,8 @@
 //       slot_start, slot_path, nz_sh, nz_in, nz_val, chunk) -> [n, mid, c]: the same with the
 //       weights made here by the radial MLP of plain layers (times the envelope before the
 //       last layer, when given): hidden pre-activations kept, the wide last layer's output
-//       chunk rows at a time (0: FUSED_CHUNK_BYTES of it) forward and again backward, never
-//       all at once; the MLP's backward by hand (the calculator's compiled path keeps the same)
+//       made chunk rows at a time (the caller sizes chunks; 0: one chunk) forward and again
+//       backward; the MLP's backward by hand (the calculator's compiled path keeps the same)
 //   torch.ops.openmace.symmetric_contraction(x [n, dim, c], species [n], p [slots, S, M, c],
 //       first, dst, src, last, pos, num_rows) -> [n, M, c]
 //
@@ -77,12 +77,9 @@ class PooledMessages : public torch::autograd::Function<PooledMessages> {
   }
 };
 
-// radial weights of one chunk of rows at most (as FUSED_CHUNK_BYTES in accel/messages.py)
-constexpr int64_t FUSED_CHUNK_BYTES = 64 << 20;
-
-int64_t fused_rows(const Tensor& matrix, int64_t chunk) {
-  if (chunk > 0) return chunk;
-  return std::max<int64_t>(1, FUSED_CHUNK_BYTES / (matrix.size(1) * matrix.element_size()));
+// radial rows per chunk (chunk > 0; the caller sizes it), or all rows in one (chunk <= 0)
+int64_t fused_rows(int64_t rows, int64_t chunk) {
+  return chunk > 0 ? chunk : std::max<int64_t>(1, rows);
 }
 
 // The radial MLP of plain layers (bias-free, normalised SiLU between layers; weights already
@@ -132,7 +129,7 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
       h = mlp.act(pre.back());
     }
     const int64_t rows = radial.size(0), c = x.size(2), paths = last.size(1) / c;
-    const int64_t parts = edge_parts(rows), chunk = fused_rows(last, chunk_rows);
+    const int64_t parts = edge_parts(rows), chunk = fused_rows(rows, chunk_rows);
     auto pooled = x.new_zeros({parts, x.size(0), slot_path.size(0), c});
     auto buffer = x.new_empty({std::min(chunk, rows), last.size(1)});
     for (int64_t a = 0; a < rows; a += chunk) {
