@@ -40,7 +40,17 @@ from types import ModuleType
 from typing import NoReturn
 
 from openmace.allocator import keep_freed_memory
-from openmace.cli import convert, demo, eval, export, info, lammps_plugin, md, train
+from openmace.cli import (
+    convert,
+    demo,
+    eval,
+    export,
+    info,
+    lammps_plugin,
+    md,
+    prepare_data,
+    train,
+)
 from openmace.cli.devices import check_device
 
 COMMANDS = {
@@ -52,8 +62,10 @@ COMMANDS = {
     "export": export,
     "info": info,
     "lammps-plugin": lammps_plugin,
+    "prepare-data": prepare_data,
 }
-LONG_RUNNING = ("train", "eval", "md")  # commands that run with malloc keeping freed memory
+# commands that run with malloc keeping freed memory
+LONG_RUNNING = ("train", "eval", "md", "prepare-data")
 EXIT_ERROR = 2  # an expected failure: bad input, a missing file, not enough memory, ...
 EXIT_BUG = 1  # an unexpected exception
 STOP_SIGNALS = ("SIGTERM", "SIGHUP")

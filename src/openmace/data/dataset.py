@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,25 @@ from openmace.data.configurations import Configuration
 from openmace.data.errors import DataError
 from openmace.data.geometry import check_remaining_pairs
 from openmace.data.graph import Graph, build_graph, collate
+from openmace.data.summary import Summary
+
+
+class Chain(Sequence):
+    """Sequences one after another, indexed as one (joined lazy data sets)."""
+
+    def __init__(self, parts: list[Sequence]) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, k):
+        if not -len(self) <= k < len(self):
+            raise IndexError(k)
+        k = k % len(self)
+        part = int(np.searchsorted(self.starts, k, side="right")) - 1
+        return self.parts[part][k - int(self.starts[part])]
 
 
 @dataclass
@@ -76,11 +96,16 @@ class GraphDataset:
     """Structures with their graphs and labels. The neighbour lists within ``r_max`` are built
     here, once per structure, and reused by everything downstream: statistics, training
     batches, validation and the final error tables. ``head``: the head index of every structure
-    (a multi-head model's training; None: the model's default head)."""
+    (a multi-head model's training; None: the model's default head).
+
+    A prepared data set (:mod:`openmace.data.prepared`) gives a lazy one instead
+    (:meth:`lazy`): ``configs`` and ``graphs`` are then sequences that read each structure from
+    the shards when asked, and the :attr:`summary` comes from the shards' stored facts."""
 
     def __init__(self, configs: list[Configuration], r_max: float, head: int | None = None) -> None:
         self.configs = configs
         self.r_max = r_max
+        self._summary: Summary | None = None
         self.graphs, pairs, atoms, left = [], 0, 0, sum(len(c) for c in configs)
         for c in configs:  # refused early when the whole set's lists would not fit
             self.graphs.append(configuration_graph(c, r_max))
@@ -90,8 +115,26 @@ class GraphDataset:
         if head is not None:
             self.set_head(head)
 
+    @classmethod
+    def lazy(cls, configs: Sequence, graphs: Sequence, r_max: float, summary: Summary):
+        """A data set over sequences that load each structure and graph when indexed."""
+        out = cls.__new__(cls)
+        out.configs, out.graphs, out.r_max, out._summary = configs, graphs, r_max, summary
+        return out
+
+    @property
+    def summary(self) -> Summary:
+        """The structures' :class:`Summary`, with each graph's edge count."""
+        if self._summary is None:
+            edges = [g.edge_index.shape[1] for g in self.graphs]
+            self._summary = Summary.from_configs(self.configs, num_edges=edges)
+        return self._summary
+
     def set_head(self, head: int) -> None:
         """Mark every structure for head ``head`` of a multi-head model."""
+        if hasattr(self.graphs, "set_head"):  # lazy graphs: set as each one is loaded
+            self.graphs.set_head(head)
+            return
         for graph in self.graphs:
             graph.head = torch.tensor([head], dtype=torch.long)
 
@@ -101,11 +144,13 @@ class GraphDataset:
         rebuilt); every part must have the same ``r_max``."""
         if len({p.r_max for p in parts}) != 1:
             raise ValueError("joined datasets need the same r_max")
-        out = cls.__new__(cls)
-        out.configs = [c for p in parts for c in p.configs]
-        out.graphs = [g for p in parts for g in p.graphs]
-        out.r_max = parts[0].r_max
-        return out
+        if all(isinstance(p.configs, list) and isinstance(p.graphs, list) for p in parts):
+            configs = [c for p in parts for c in p.configs]
+            graphs = [g for p in parts for g in p.graphs]
+        else:
+            configs = Chain([p.configs for p in parts])
+            graphs = Chain([p.graphs for p in parts])
+        return cls.lazy(configs, graphs, parts[0].r_max, Summary.concat([p.summary for p in parts]))
 
     def __len__(self) -> int:
         return len(self.configs)
@@ -146,3 +191,40 @@ class GraphDataset:
             order = np.random.default_rng(shuffle_seed).permutation(len(self))
         for start in range(0, len(order), batch_size):
             yield self.batch(order[start : start + batch_size])
+
+
+class _BatchSource:
+    """Map-style source for a DataLoader: a list of indices → that :class:`Batch` (None for
+    an empty list: a data-parallel rank's empty share)."""
+
+    def __init__(self, dataset: GraphDataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, indices) -> Batch | None:
+        return self.dataset.batch(indices) if len(indices) else None
+
+
+def _single(item):
+    return item
+
+
+def load_batches(dataset: GraphDataset, index_lists: list, workers: int = 0):
+    """The batches of ``index_lists``, in order: read and collated here (``workers`` 0), or
+    by ``workers`` DataLoader processes ahead of use (a prepared set's shards are opened in
+    each worker)."""
+    source = _BatchSource(dataset)
+    if workers <= 0:
+        for indices in index_lists:
+            yield source[indices]
+        return
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        source,  # type: ignore[arg-type]
+        sampler=index_lists,
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_single,
+        prefetch_factor=2,
+    )
+    yield from loader

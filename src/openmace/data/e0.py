@@ -20,6 +20,7 @@ from ase.data import chemical_symbols
 
 from openmace.data.configurations import Configuration, Keys, read_configurations
 from openmace.data.errors import DataError
+from openmace.data.summary import Summary
 
 ISOLATED_TYPES = ("IsolatedAtom", "isolated_atom")
 
@@ -48,27 +49,34 @@ def isolated_atom_energies(configs: list[Configuration], source: str) -> dict[in
     return out
 
 
-def composition_matrix(configs: list[Configuration], elements: list[int]) -> np.ndarray:
-    """How many atoms of each of ``elements`` each structure has: ``[structures, elements]``."""
-    column = {z: k for k, z in enumerate(elements)}
-    counts = np.zeros((len(configs), len(elements)))
-    for row, config in enumerate(configs):
-        for z in config.atomic_numbers:
-            counts[row, column[int(z)]] += 1
-    return counts
+def as_summary(structures) -> Summary:
+    """``structures`` as a :class:`Summary` (a list of configurations is summarised; a lazy
+    prepared set and a summary give theirs)."""
+    if isinstance(structures, Summary):
+        return structures
+    summary = getattr(structures, "summary", None)
+    if isinstance(summary, Summary):
+        return summary
+    return Summary.from_configs(structures)
 
 
-def fit_e0s(
-    configs: list[Configuration], elements: list[int], known: np.ndarray | None = None
-) -> dict[int, float]:
+def composition_matrix(structures, elements: list[int]) -> np.ndarray:
+    """How many atoms of each of ``elements`` each structure has: ``[structures, elements]``
+    (``structures``: configurations, a prepared set or a :class:`Summary`)."""
+    return as_summary(structures).composition(elements)
+
+
+def fit_e0s(structures, elements: list[int], known: np.ndarray | None = None) -> dict[int, float]:
     """Least-squares E0s fitting ``E - known ≈ Σ_z n_z E0_z`` over the structures with an
     energy (minimum-norm solution if underdetermined); ``known``: a part of each structure's
-    energy already accounted for (eV, one per structure of ``configs``; default 0)."""
-    rows = [k for k, c in enumerate(configs) if c.energy is not None]
-    if not rows:
+    energy already accounted for (eV, one per structure; default 0). ``structures``:
+    configurations, a prepared set or a :class:`Summary` (the same numbers from each)."""
+    summary = as_summary(structures)
+    rows = np.flatnonzero(summary.has_energy)
+    if not len(rows):
         raise DataError("training set", None, "cannot fit E0s: no structure has an energy")
-    counts = composition_matrix([configs[k] for k in rows], elements)
-    energies = np.array([configs[k].energy for k in rows])
+    counts = summary.take(rows).composition(elements)
+    energies = summary.energy[rows]
     if known is not None:
         energies = energies - np.asarray(known)[rows]
     solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)

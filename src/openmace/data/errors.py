@@ -10,3 +10,6 @@ class DataError(ValueError):
         self.source, self.index, self.problem = str(source), index, problem
         where = f"{source}: structure {index}" if index is not None else str(source)
         super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):  # from worker processes (prepare-data) back to the caller
+        return (DataError, (self.source, self.index, self.problem))

@@ -16,24 +16,32 @@ class Statistics:
     scale: float  # RMS of force components, eV/Å (1 when no forces)
 
 
-def compute_statistics(dataset: GraphDataset, e0s: dict[int, float]) -> Statistics:
-    """Statistics of a training set; neighbours are counted on the dataset's graphs (built
-    within its ``r_max``), so no neighbour list is built here."""
-    edges = atoms = 0
-    per_atom, forces = [], []
-    for config, graph in zip(dataset.configs, dataset.graphs):
-        edges += graph.edge_index.shape[1]
-        atoms += len(config)
-        if config.energy is not None:
-            e0 = sum(e0s[int(z)] for z in config.atomic_numbers)
-            per_atom.append((config.energy - e0) / len(config))
-        if config.forces is not None:
-            forces.append(config.forces.reshape(-1))
-    shift = float(np.mean(per_atom)) if per_atom else 0.0
-    if forces:
-        scale = float(np.sqrt(np.mean(np.concatenate(forces) ** 2)))
+def compute_statistics(dataset, e0s: dict[int, float]) -> Statistics:
+    """Statistics of a training set from its :class:`~openmace.data.summary.Summary` (a
+    :class:`GraphDataset`'s or a prepared set's: the same numbers from both); neighbours are
+    counted on the graphs built within the dataset's ``r_max``, so no list is built here.
+
+    shift = mean over structures with an energy of (E - Σ_i E0_{Z_i}) / N;
+    scale = sqrt(Σ F² / number of force components) (RMS force), or the standard deviation of
+    the per-atom energies when no structure has forces; avg_num_neighbors = edges / atoms."""
+    summary = dataset.summary if isinstance(dataset, GraphDataset) else dataset
+    if summary.num_edges is None:
+        raise ValueError("compute_statistics needs the edge count of every structure")
+    elements = summary.elements()
+    missing = [z for z in elements if z not in e0s]
+    if missing:
+        raise ValueError(f"no E0 for element(s) {missing}")
+    e0 = summary.composition(elements) @ np.array([e0s[z] for z in elements])
+    rows = summary.has_energy
+    per_atom = (summary.energy[rows] - e0[rows]) / summary.num_atoms[rows]
+    shift = float(np.mean(per_atom)) if len(per_atom) else 0.0
+    components = 3 * int(summary.num_atoms[summary.has_forces].sum())
+    if components:
+        scale = float(np.sqrt(summary.forces_sumsq.sum() / components))
     else:
         scale = float(np.std(per_atom)) if len(per_atom) > 1 else 1.0
     if not scale > 0:
         scale = 1.0
+    atoms = int(summary.num_atoms.sum())
+    edges = int(summary.num_edges.sum())
     return Statistics(avg_num_neighbors=max(edges / max(atoms, 1), 1e-3), shift=shift, scale=scale)

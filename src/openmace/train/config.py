@@ -142,7 +142,20 @@ class TrainConfig(ModelOptions):
         1.0, "loss weight of the replay structures (the foundation's head)"
     )
     # optimisation
-    batch_size: int = _opt(5, "structures per training batch")
+    batch_size: int = _opt(
+        5, "structures per training batch (the global batch, over all data-parallel processes)"
+    )
+    batch_max_atoms: int | None = _opt(
+        None,
+        "instead of --batch-size structures, batches of at most this many atoms (a larger "
+        "structure is a batch alone): flat memory on data of mixed sizes",
+    )
+    num_workers: int = _opt(
+        0, "DataLoader worker processes that read and batch structures (0: in the main process)"
+    )
+    ddp_timeout: float = _opt(
+        600.0, "seconds a data-parallel collective waits before the run fails (torchrun, srun)"
+    )
     valid_batch_size: int = _opt(10, "structures per evaluation batch")
     lr: float = _opt(0.01, "learning rate (AMSGrad Adam)")
     epochs: int = _opt(200, "training epochs", aliases=("max_num_epochs",))
@@ -202,6 +215,12 @@ class TrainConfig(ModelOptions):
             self._set_hidden_irreps()
         problems.extend(config_problems(self.model_options()))  # MACEConfig's validators
         need(self.batch_size >= 1 and self.valid_batch_size >= 1, "batch sizes must be >= 1")
+        need(
+            self.batch_max_atoms is None or self.batch_max_atoms >= 1,
+            "batch_max_atoms must be >= 1",
+        )
+        need(self.num_workers >= 0, "num_workers must be >= 0")
+        need(self.ddp_timeout > 0, "ddp_timeout must be positive")
         need(self.lr > 0, "lr must be positive")
         need(self.epochs >= 1, "epochs must be >= 1")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)")

@@ -46,7 +46,7 @@ from ase.data import chemical_symbols
 from openmace.accel import for_inference
 from openmace.data.configurations import Configuration, Keys, read_configurations
 from openmace.data.dataset import GraphDataset
-from openmace.data.e0 import composition_matrix, fit_e0s
+from openmace.data.e0 import as_summary, composition_matrix, fit_e0s
 from openmace.data.errors import DataError
 from openmace.evaluation.predict import predict_graphs
 from openmace.io.model_file import load_model
@@ -180,11 +180,13 @@ def starting_errors(
 ) -> tuple[float, dict[int, float]]:
     """Energy MAE per atom (eV) of ``predicted`` total energies, and each element's
     least-squares per-atom offset of ``E_ref - predicted`` (eV/atom)."""
-    rows = [k for k, c in enumerate(configs) if c.energy is not None]
-    if not rows:
+    summary = as_summary(configs)
+    rows = np.flatnonzero(summary.has_energy)
+    if not len(rows):
         return float("nan"), {}
-    mae = float(np.mean([abs(configs[k].energy - predicted[k]) / len(configs[k]) for k in rows]))
-    offsets = fit_e0s(configs, elements, predicted)
+    errors = np.abs(summary.energy[rows] - np.asarray(predicted)[rows]) / summary.num_atoms[rows]
+    mae = float(np.mean(errors))
+    offsets = fit_e0s(summary, elements, predicted)
     return mae, offsets
 
 
@@ -299,7 +301,8 @@ def prepare_fine_tuning(
             f"{spec}: {'; '.join(conflicts)}; a fine-tune keeps the foundation's architecture "
             "(leave these options out)"
         )
-    _check_foundation_elements(data.train + data.valid + data.test, model, "data")
+    for structures in (data.train, data.valid, data.test):
+        _check_foundation_elements(structures, model, "data")
     if cfg.foundation_elements == "data":
         model = keep_elements(model, data.elements)
     report = [
@@ -331,7 +334,8 @@ def prepare_fine_tuning(
     else:
         e0s, source = data.e0s, data.e0_source
     e0s = {z: e0s[z] for z in data.elements}
-    start = learned + np.array([sum(e0s[int(z)] for z in c.atomic_numbers) for c in data.train])
+    composition = composition_matrix(data.train, data.elements)
+    start = learned + composition @ np.array([e0s[z] for z in data.elements])
     mae, offsets = starting_errors(data.train, start, data.elements)
     report.append(f"E0s: {source}; starting energy MAE {1000 * mae:.1f} meV/atom")
     report.append(

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from openmace.accel import for_inference
-from openmace.data.dataset import GraphDataset
+from openmace.data.dataset import Batch, GraphDataset, load_batches
 from openmace.data.statistics import compute_statistics
 from openmace.evaluation.metrics import (
     Predictions,
@@ -51,7 +51,21 @@ from openmace.train.checkpoint import (
     save_checkpoint,
 )
 from openmace.train.config import TrainConfig
-from openmace.train.data_setup import TrainingData, load_training_data, sha256
+from openmace.train.data_setup import (
+    TrainingData,
+    file_digest,
+    graph_dataset,
+    load_training_data,
+)
+from openmace.train.distributed import (
+    World,
+    all_reduce_gradients,
+    all_reduce_sum,
+    broadcast_parameters,
+    gather,
+    global_batches,
+    share,
+)
 from openmace.train.ema import EMA
 from openmace.train.finetune import (
     GROUPS,
@@ -60,7 +74,7 @@ from openmace.train.finetune import (
     parameter_group,
     prepare_fine_tuning,
 )
-from openmace.train.loss import LossWeights, compute_loss
+from openmace.train.loss import TERMS, LossWeights, combine, compute_loss, loss_terms
 
 log = logging.getLogger("openmace.train")
 
@@ -69,7 +83,17 @@ class TrainingError(RuntimeError):
     """Training cannot continue (e.g. a non-finite loss); the last checkpoint is kept."""
 
 
-RESUME_FREE = ("resume", "apply_new_options", "device", "threads", "quiet", "work_dir", "name")
+RESUME_FREE = (
+    "resume",
+    "apply_new_options",
+    "device",
+    "threads",
+    "quiet",
+    "work_dir",
+    "name",
+    "num_workers",
+    "ddp_timeout",
+)
 """Options of where and how a run executes, not what it computes: free to differ on resume."""
 RESUME_REPORTED = ("epochs", "patience", "valid_batch_size", "test_file")
 """May differ on resume (the run's length, early stopping, the evaluation batch size, the final
@@ -77,6 +101,7 @@ test set): applied, reported in the log and recorded."""
 RESUME_OPTIMISATION = (
     "lr",
     "batch_size",
+    "batch_max_atoms",
     "eval_interval",
     "ema_decay",
     "energy_weight",
@@ -185,12 +210,16 @@ class Trainer:
         cfg: TrainConfig,
         progress: bool = True,
         resolve: Callable[[str], Path] | None = None,
+        world: World | None = None,
     ) -> None:
         self.cfg = cfg
         self.resolve = resolve
-        self.progress = progress and not cfg.quiet
+        self.world = world or World()
+        self.progress = progress and not cfg.quiet and self.world.main
         self.dtype = getattr(torch, cfg.dtype)
         self.device = torch.device(cfg.device)
+        if self.world.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)
         self.run_dir = cfg.run_dir
         self.checkpoint_path = checkpoint_path(cfg)
         self.model_path = self.run_dir / f"{cfg.name}.safetensors"
@@ -213,8 +242,8 @@ class Trainer:
         self.data = load_training_data(cfg)
         # graphs (neighbour lists within r_max) once per structure; the statistics count on them,
         # so they exist before the model config (whose r_max is this declared option's value)
-        self.train_set = GraphDataset(self.data.train, r_max)
-        self.valid_set = GraphDataset(self.data.valid, r_max)
+        self.train_set = graph_dataset(self.data.train, r_max)
+        self.valid_set = graph_dataset(self.data.valid, r_max)
         self.pt_sets: dict[str, GraphDataset] = {}
         if foundation is not None:
             tuning = prepare_fine_tuning(cfg, self.data, self.train_set, foundation, info)
@@ -222,7 +251,7 @@ class Trainer:
             if cfg.pt_train_file:
                 self.data.files["pt_train_file"] = {
                     "path": cfg.pt_train_file,
-                    "sha256": sha256(cfg.pt_train_file),
+                    "sha256": file_digest(cfg.pt_train_file),
                 }
             self.fine_tuning, self.model = tuning, tuning.model
             self.model_config = self.model.config
@@ -246,6 +275,8 @@ class Trainer:
             sum(p.numel() for p in self.model.parameters()),
             sum(p.numel() for p in self.model.parameters() if p.requires_grad),
         )
+        broadcast_parameters(self.model, self.world)  # the same start on every rank
+        self.trained = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = _optimizer(self.model, cfg)
         self.scheduler = self._scheduler()
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -305,9 +336,9 @@ class Trainer:
         for name, value in now.items():
             before = old.get(name, value)  # checkpoints of older versions lack some options
             same_content = False
-            if name in DATA_FILES and value and Path(value).is_file():
+            if name in DATA_FILES and value and Path(value).exists():
                 digest = old_files.get(name, {}).get("sha256")
-                if digest is not None and digest != sha256(value):
+                if digest is not None and digest != file_digest(value):
                     refused.append(f"{name} {value} (its content changed since the checkpoint)")
                     continue
                 same_content = digest is not None
@@ -403,6 +434,8 @@ class Trainer:
         log.info("resumed from %s at epoch %d", self.checkpoint_path, self.epoch)
 
     def _checkpoint(self) -> None:
+        if not self.world.main:
+            return
         save_checkpoint(
             {
                 "epoch": self.epoch,
@@ -448,57 +481,38 @@ class Trainer:
         return group["lr"] / factor if factor else group["lr"]
 
     def _needs_stress(self, dataset: GraphDataset) -> bool:
-        w = self.weights()
+        w, summary = self.weights(), dataset.summary
         return bool(
-            (w.stress and any(c.stress is not None for c in dataset.configs))
-            or (w.virials and any(c.virials is not None for c in dataset.configs))
+            (w.stress and summary.has_stress.any()) or (w.virials and summary.has_virials.any())
         )
 
     def train_epoch(self) -> float:
-        cfg, weights = self.cfg, self.weights()
-        stress = self._needs_stress(self.fit_set)
-        batches = self.fit_set.batches(cfg.batch_size, shuffle_seed=cfg.seed * 100_003 + self.epoch)
-        total = math.ceil(len(self.fit_set) / cfg.batch_size)
+        """One epoch over the global batches (:func:`global_batches`, a function of seed and
+        epoch); this process trains on its share of each (all of it on one process)."""
+        cfg, world = self.cfg, self.world
+        self._stress = self._needs_stress(self.fit_set)  # the stage's loss weights
+        batches = global_batches(
+            self.fit_set.summary.num_atoms,
+            cfg.batch_size,
+            cfg.seed * 100_003 + self.epoch,
+            cfg.batch_max_atoms,
+        )
         bar = None
         if self.progress:
             from tqdm import tqdm
 
             bar = tqdm(
-                total=total,
+                total=len(batches),
                 desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
                 leave=False,
                 unit="batch",
                 dynamic_ncols=True,
             )
         losses, sizes = [], []
-        for k, batch in enumerate(batches):
-            batch = batch.to(self.device, self.dtype)
-            check_memory(self.model, len(batch.graph.positions), batch.graph.edge_index.shape[1])
-            out = self.model(
-                batch.graph, compute_forces=True, compute_stress=stress, create_graph=True
-            )
-            loss, _ = compute_loss(
-                out, batch, weights, cfg.huber_delta if cfg.loss == "huber" else None
-            )
-            if not torch.isfinite(loss):
-                last = (
-                    f"the last good checkpoint is {self.checkpoint_path}"
-                    if self.checkpoint_path.exists()
-                    else "no checkpoint was written yet"
-                )
-                raise TrainingError(
-                    f"non-finite loss ({float(loss.detach())}) in epoch {self.epoch + 1}, batch "
-                    f"{k}; weights were not updated, {last} (try a lower --lr, or check the labels)"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update()
-            losses.append(float(loss.detach()))
-            sizes.append(len(batch.config_types))
+        shares = [share(b, world) for b in batches]
+        for k, batch in enumerate(load_batches(self.fit_set, shares, cfg.num_workers)):
+            losses.append(self._step(batch, k))
+            sizes.append(len(batches[k]))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4g}")
@@ -506,24 +520,81 @@ class Trainer:
             bar.close()
         return float(np.average(losses, weights=sizes))
 
+    def _step(self, batch: Batch | None, k: int) -> float:
+        """One optimiser step on this process's share ``batch`` (None: an empty share) of
+        global batch ``k``; returns the global batch's loss."""
+        cfg, world, weights = self.cfg, self.world, self.weights()
+        huber = cfg.huber_delta if cfg.loss == "huber" else None
+        self.optimizer.zero_grad(set_to_none=True)
+        terms, out = {}, None
+        if batch is not None:
+            batch = batch.to(self.device, self.dtype)
+            check_memory(self.model, len(batch.graph.positions), batch.graph.edge_index.shape[1])
+            out = self.model(
+                batch.graph,
+                compute_forces=True,
+                compute_stress=self._stress,
+                create_graph=True,
+            )
+            terms = loss_terms(out, batch, weights, huber)
+        counts = None
+        if world.distributed:  # the whole global batch's label counts
+            local = [float(terms[n][1]) if n in terms else 0.0 for n in TERMS]
+            total = all_reduce_sum(torch.tensor(local, dtype=torch.float64), world)
+            counts = dict(zip(TERMS, total.tolist()))
+        loss = combine(terms, weights, counts)
+        if loss is None and out is not None:
+            loss = out["energy"].sum() * 0.0
+        if loss is not None:
+            loss.backward()
+        value = loss.detach().reshape(1) if loss is not None else None
+        if value is None:
+            value = torch.zeros(1, dtype=self.dtype, device=self.device)
+        value = all_reduce_gradients(self.trained, world, value)
+        if not torch.isfinite(value).all():
+            last = (
+                f"the last good checkpoint is {self.checkpoint_path}"
+                if self.checkpoint_path.exists()
+                else "no checkpoint was written yet"
+            )
+            raise TrainingError(
+                f"non-finite loss ({float(value)}) in epoch {self.epoch + 1}, batch "
+                f"{k}; weights were not updated, {last} (try a lower --lr, or check the labels)"
+            )
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
+        return float(value)
+
     def evaluate(self, dataset: GraphDataset) -> tuple[float, Predictions]:
-        """Mean loss and predictions of the current weights on ``dataset`` (one pass)."""
+        """Mean loss and predictions of the current weights on ``dataset`` (one pass; with
+        several processes, batch ``k`` is evaluated by rank ``k mod W`` and every rank gets
+        all results, in order)."""
         weights = self.weights()
         huber = self.cfg.huber_delta if self.cfg.loss == "huber" else None
-        losses, sizes, outputs = [], [], []
         model = for_inference(self.model)
-        for start in range(0, len(dataset), self.cfg.valid_batch_size):
-            idx = list(range(start, min(start + self.cfg.valid_batch_size, len(dataset))))
-            configs = [dataset.configs[i] for i in idx]
-            periodic = [bool(c.pbc.all()) for c in configs]
-            batch = dataset.batch(idx).to(self.device, self.dtype)
+        size, world = self.cfg.valid_batch_size, self.world
+        mine = []
+        for k, start in enumerate(range(0, len(dataset), size)):
+            if k % world.size != world.rank:
+                continue
+            idx = list(range(start, min(start + size, len(dataset))))
+            batch = dataset.batch(idx)
+            periodic = [bool(p.all()) for p in batch.graph.pbc]
+            batch = batch.to(self.device, self.dtype)
             check_memory(model, len(batch.graph.positions), batch.graph.edge_index.shape[1])
             out = model(batch.graph, compute_forces=True, compute_stress=any(periodic))
             loss, _ = compute_loss(out, batch, weights, huber)
-            losses.append(float(loss.detach()))
-            sizes.append(len(idx))
-            outputs.extend(split_by_structure(out, [len(c) for c in configs], periodic))
-        return float(np.average(losses, weights=sizes)), predictions_from(dataset.configs, outputs)
+            sizes = batch.num_atoms.to(torch.long).tolist()
+            results = list(split_by_structure(out, sizes, periodic))
+            mine.append((k, float(loss.detach()), len(idx), results))
+        results = sorted((r for part in gather(mine, world) for r in part), key=lambda r: r[0])
+        losses = [r[1] for r in results]
+        outputs = [o for r in results for o in r[3]]
+        mean = float(np.average(losses, weights=[r[2] for r in results]))
+        return mean, predictions_from(dataset.configs, outputs)
 
     def averaged(self):
         from contextlib import nullcontext
@@ -603,7 +674,7 @@ class Trainer:
             self.model.load_state_dict(self.best["state"])
         sets = {"train": self.train_set, "valid": self.valid_set}
         if self.data.test:
-            sets["test"] = GraphDataset(self.data.test, self.model.config.r_max)
+            sets["test"] = graph_dataset(self.data.test, self.model.config.r_max)
             if self.pt_sets:
                 sets["test"].set_head(self.model_config.heads.index("default"))
         sets |= self.pt_sets  # the foundation's head on the replay data (multi-head fine-tunes)
@@ -645,18 +716,39 @@ def _fmt(value) -> str:
 
 
 def train(
-    cfg: TrainConfig, progress: bool = True, resolve: Callable[[str], Path] | None = None
-) -> TrainResult:
+    cfg: TrainConfig,
+    progress: bool = True,
+    resolve: Callable[[str], Path] | None = None,
+    world: World | None = None,
+) -> TrainResult | None:
     """Train a model as configured; returns the saved model's path and the error tables.
-    ``resolve``: see :class:`Trainer`.
+    ``resolve``: see :class:`Trainer`. ``world``: this process's place among data-parallel
+    processes (:mod:`openmace.train.distributed`; default: the environment's, as torchrun or
+    srun set it); the process group is joined here. Only rank 0 writes files and returns the
+    result; the other ranks return None when training ends.
 
-    Holds the lock of the run's files (``WORK_DIR/NAME.lock``) from start to end: a second
-    run with the same work dir and name raises
+    Rank 0 holds the lock of the run's files (``WORK_DIR/NAME.lock``) from start to end: a
+    second run with the same work dir and name raises
     :class:`openmace.train.checkpoint.WorkDirLocked` naming the process that holds it.
     """
-    with WorkDirLock(cfg.run_dir, cfg.name):
-        trainer = Trainer(cfg, progress, resolve)
-        trainer.setup()
-        _write_text(cfg.run_dir / f"{cfg.name}.config.json", json.dumps(cfg.to_dict(), indent=1))
-        trainer.run()
-        return trainer.finish()
+    from contextlib import nullcontext
+
+    from openmace.train.distributed import start, stop, world_from_env
+
+    world = world or world_from_env()
+    if world.distributed:
+        start(world, torch.device(cfg.device), cfg.ddp_timeout)
+        log.info("data-parallel training: rank %d of %d", world.rank, world.size)
+    try:
+        with WorkDirLock(cfg.run_dir, cfg.name) if world.main else nullcontext():
+            trainer = Trainer(cfg, progress, resolve, world)
+            trainer.setup()
+            if world.main:
+                _write_text(
+                    cfg.run_dir / f"{cfg.name}.config.json", json.dumps(cfg.to_dict(), indent=1)
+                )
+            trainer.run()
+            return trainer.finish() if world.main else None
+    finally:
+        if world.distributed:
+            stop()
