@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from openmace.cli.devices import check_device
     from openmace.foundations import resolve_any
     from openmace.train.config import TrainConfig, build_config, load_config_file
+    from openmace.train.distributed import world_from_env
     from openmace.train.loop import train
 
     known = {f.name for f in fields(TrainConfig)}
@@ -85,9 +86,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(file_values, flags)
     check_device(cfg.device)
     args.train_config = cfg  # for interrupted()
+    world = world_from_env()  # torchrun / srun: data-parallel processes
     if not getattr(args, "debug", False):
-        logging.getLogger("openmace").setLevel(logging.INFO)
-    result = train(cfg, progress=not cfg.quiet and sys.stderr.isatty(), resolve=resolve_any)
+        # one voice: the other ranks report warnings and errors only
+        logging.getLogger("openmace").setLevel(logging.INFO if world.main else logging.WARNING)
+    progress = not cfg.quiet and sys.stderr.isatty()
+    result = train(cfg, progress=progress, resolve=resolve_any, world=world)
+    if result is None:  # not rank 0: rank 0 reports
+        return 0
     print()
     print(result.table_text)
     print()
