@@ -45,6 +45,7 @@ LAYERS = {
     "foundations": 6,
     "cli": 7,
     "": 7,  # openmace/__init__.py
+    "__main__": 8,  # python -m openmace: the command line
 }
 
 

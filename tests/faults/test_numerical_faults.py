@@ -15,17 +15,17 @@ def test_nan_loss_stops_without_touching_weights(tmp_path, monkeypatch):
     data = write_xyz(tmp_path / "train.xyz", molecules(12))
     trainer = loop.Trainer(make_config(tmp_path, data, epochs=3), progress=False)
     trainer.setup()
-    real = loop.compute_loss
+    real = loop.combine  # the training step's loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
-        loss, parts = real(*args, **kwargs)
+        loss = real(*args, **kwargs)
         calls["n"] += 1
-        if calls["n"] > 8:  # after the first epoch's checkpoint
+        if calls["n"] > 3:  # after the first epoch's checkpoint (3 batches of 4)
             loss = loss * float("nan")
-        return loss, parts
+        return loss
 
-    monkeypatch.setattr(loop, "compute_loss", poisoned)
+    monkeypatch.setattr(loop, "combine", poisoned)
     with pytest.raises(loop.TrainingError, match="non-finite loss.*last good checkpoint"):
         trainer.run()
     for p in trainer.model.parameters():

@@ -23,8 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dataclasses import asdict
 
     from openmace.data.prepare import PrepareOptions
+    from openmace.model.config import MACEConfig
 
-    defaults = PrepareOptions()
+    # the cutoff's default is the model's, declared once by MACEConfig
+    defaults = PrepareOptions(r_max=MACEConfig.__dataclass_fields__["r_max"].default)
     parser.add_argument("inputs", nargs="+", help="ASE-readable files, or folders of them")
     parser.add_argument("-o", "--output", required=True, type=Path, help="folder to create")
     parser.add_argument(

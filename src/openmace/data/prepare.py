@@ -56,16 +56,9 @@ class Unit:
     stop: int
 
 
-def _model_r_max() -> float:
-    """The model's default cutoff (declared once, by MACEConfig)."""
-    from openmace.model.config import MACEConfig
-
-    return MACEConfig.__dataclass_fields__["r_max"].default
-
-
 @dataclass
 class PrepareOptions:
-    r_max: float = field(default_factory=_model_r_max)
+    r_max: float  # Å: the model's cutoff (the CLI's default is MACEConfig's)
     keys: Keys = field(default_factory=Keys)
     shard_size: int = 10_000
     neighbours: bool = False
