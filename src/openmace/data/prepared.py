@@ -45,6 +45,12 @@ from openmace.data.graph import Graph, graph_from_arrays
 from openmace.data.summary import Summary
 
 MANIFEST = "dataset.json"
+PER_STRUCTURE = (
+    "atom_offsets", "cell", "pbc", "energy", "stress", "virials", "charge", "spin", "has_forces",
+    "weight", "source_file", "source_index", "pair_offsets",
+)  # fmt: skip
+PER_ATOM = ("positions", "numbers", "forces", "pair_i", "pair_j", "pair_shift")
+SHARDS_CACHED = 64
 FORMAT = "openmace-prepared-dataset"
 VERSION = 1
 
@@ -94,6 +100,7 @@ class PreparedStore:
             if not (self.folder / name).is_file():
                 raise DataError(self.folder / name, None, "shard listed in the manifest is missing")
         self._handles: dict[int, object] = {}
+        self._columns: dict[int, dict] = {}
         self._pid = os.getpid()
         self._summary: Summary | None = None
         self._offsets: list[np.ndarray] | None = None
@@ -103,12 +110,12 @@ class PreparedStore:
 
     def __getstate__(self) -> dict:  # to DataLoader workers: without open files or caches
         state = dict(self.__dict__)
-        state["_handles"] = {}
+        state["_handles"], state["_columns"] = {}, {}
         return state
 
     def _shard(self, k: int):
         if os.getpid() != self._pid:  # a forked worker: its own handles
-            self._handles, self._pid = {}, os.getpid()
+            self._handles, self._columns, self._pid = {}, {}, os.getpid()
         if k not in self._handles:
             path = self.folder / self.shards[k]
             try:
@@ -159,40 +166,58 @@ class PreparedStore:
             self._summary = Summary.concat(parts)
         return self._summary
 
+    def columns(self, k: int) -> dict:
+        """Shard ``k``'s per-structure columns (small: about 250 bytes a structure) and its
+        per-atom datasets, kept for the last :data:`SHARDS_CACHED` shards used."""
+        self._shard(k)  # (a forked worker drops its parent's handles and columns here)
+        cached = self._columns.pop(k, None)
+        if cached is None:
+            h = self._shard(k)
+            cached = {name: h[name][:] for name in PER_STRUCTURE if name in h}
+            cached["config_type"] = h["config_type"].asstr()[:]
+            for name in PER_ATOM:
+                if name in h:
+                    cached[name] = h[name]  # datasets: sliced per structure
+            while len(self._columns) >= SHARDS_CACHED:
+                self._columns.pop(next(iter(self._columns)))
+        self._columns[k] = cached  # most recent last
+        return cached
+
     @lru_cache(maxsize=512)  # noqa: B019 (a structure is read for its config and its graph)
     def read(self, i: int) -> tuple[Configuration, np.ndarray | None]:
-        """Structure ``i`` and, when stored, its pairs ``[3 + 3, H]`` (i, j, shift)."""
+        """Structure ``i`` and, when stored, its pairs (i, j, shift)."""
         k, row = self.locate(i)
-        h = self._shard(k)
-        offsets = self.offsets(k)
-        a, b = int(offsets[row]), int(offsets[row + 1])
+        c = self.columns(k)
+        a, b = int(c["atom_offsets"][row]), int(c["atom_offsets"][row + 1])
 
         def optional(name):
-            value = h[name][row]
-            return None if np.isnan(np.asarray(value).reshape(-1)[0]) else value
+            value = c[name][row]
+            return None if np.isnan(value.reshape(-1)[0]) else value.copy()
 
-        energy = float(h["energy"][row])
+        def number(name):
+            value = float(c[name][row])
+            return None if np.isnan(value) else value
+
         config = Configuration(
-            atomic_numbers=h["numbers"][a:b].astype(np.int64),
-            positions=h["positions"][a:b],
-            cell=h["cell"][row],
-            pbc=h["pbc"][row].astype(bool),
-            energy=None if np.isnan(energy) else energy,
-            forces=h["forces"][a:b] if bool(h["has_forces"][row]) else None,
+            atomic_numbers=c["numbers"][a:b].astype(np.int64),
+            positions=c["positions"][a:b],
+            cell=c["cell"][row].copy(),
+            pbc=c["pbc"][row].astype(bool),
+            energy=number("energy"),
+            forces=c["forces"][a:b] if bool(c["has_forces"][row]) else None,
             stress=optional("stress"),
             virials=optional("virials"),
-            config_type=h["config_type"].asstr()[row],
-            weight=float(h["weight"][row]),
-            source=self.files[int(h["source_file"][row])],
-            index=int(h["source_index"][row]),
+            config_type=str(c["config_type"][row]),
+            weight=float(c["weight"][row]),
+            source=self.files[int(c["source_file"][row])],
+            index=int(c["source_index"][row]),
+            total_charge=number("charge"),
+            total_spin=number("spin"),
         )
-        charge, spin = float(h["charge"][row]), float(h["spin"][row])
-        config.total_charge = None if np.isnan(charge) else charge
-        config.total_spin = None if np.isnan(spin) else spin
         pairs = None
         if self.has_neighbours:
-            p, q = (int(x) for x in h["pair_offsets"][row : row + 2])
-            pairs = (h["pair_i"][p:q], h["pair_j"][p:q], h["pair_shift"][p:q])
+            p, q = int(c["pair_offsets"][row]), int(c["pair_offsets"][row + 1])
+            pairs = (c["pair_i"][p:q], c["pair_j"][p:q], c["pair_shift"][p:q])
         return config, pairs
 
     def graph(self, i: int, r_max: float) -> Graph:
