@@ -54,16 +54,30 @@ def synthetic_frames(first: int, count: int):
         yield atoms
 
 
-def make_dataset(folder: Path, size: int) -> None:
-    """Write ``size`` labelled structures to ``folder``/part-XXXX.xyz (skipped if present)."""
+def make_dataset(folder: Path, size: int, processes: int = 2) -> None:
+    """Write ``size`` labelled structures to ``folder``/part-XXXX.xyz (files present are kept),
+    ``processes`` files at a time."""
+    import multiprocessing
+
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = [(folder, part, min(FILE_SIZE, size - part)) for part in range(0, size, FILE_SIZE)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.starmap(make_part, parts)
+
+
+def make_part(folder: Path, part: int, count: int) -> None:
+    """One file of labelled structures (``part`` .. ``part + count - 1``)."""
     import ase.io
     import torch
 
     from openmace.accel import for_inference
-    from openmace.data.graph import graph_from_atoms
+    from openmace.data.graph import collate, graph_from_atoms
     from openmace.model import MACE, MACEConfig
 
-    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"part-{part // FILE_SIZE:04d}.xyz"
+    if path.exists():
+        return
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     config = MACEConfig(
         atomic_numbers=[1, 6, 8, 29],
@@ -73,26 +87,18 @@ def make_dataset(folder: Path, size: int) -> None:
         avg_num_neighbors=20.0,
     )
     model = for_inference(MACE(config, dtype=torch.float64))
-    for part in range(0, size, FILE_SIZE):
-        path = folder / f"part-{part // FILE_SIZE:04d}.xyz"
-        if path.exists():
-            continue
-        frames = list(synthetic_frames(part, min(FILE_SIZE, size - part)))
-        for chunk in range(0, len(frames), 200):
-            batch = frames[chunk : chunk + 200]
-            from openmace.data.graph import collate
-
-            graph = collate([graph_from_atoms(a, 5.0) for a in batch])
-            out = model(graph, compute_forces=True)
-            offsets = np.cumsum([0] + [len(a) for a in batch])
-            for k, atoms in enumerate(batch):
-                atoms.info["REF_energy"] = float(out["energy"][k])
-                atoms.arrays["REF_forces"] = (
-                    out["forces"][offsets[k] : offsets[k + 1]].detach().numpy()
-                )
-        tmp = path.with_suffix(".tmp")
-        ase.io.write(tmp, frames, format="extxyz")
-        tmp.rename(path)
+    frames = list(synthetic_frames(part, count))
+    for chunk in range(0, len(frames), 200):
+        batch = frames[chunk : chunk + 200]
+        graph = collate([graph_from_atoms(a, 5.0) for a in batch])
+        out = model(graph, compute_forces=True)
+        offsets = np.cumsum([0] + [len(a) for a in batch])
+        for k, atoms in enumerate(batch):
+            atoms.info["REF_energy"] = float(out["energy"][k].detach())
+            atoms.arrays["REF_forces"] = out["forces"][offsets[k] : offsets[k + 1]].detach().numpy()
+    tmp = path.with_suffix(".tmp")
+    ase.io.write(tmp, frames, format="extxyz")
+    tmp.rename(path)
 
 
 def tree_rss(pid: int) -> int:
