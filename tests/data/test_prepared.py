@@ -149,7 +149,7 @@ def test_bad_structure_names_file_and_index_or_is_skipped(tmp_path):
     data = _with_bad_frame(tmp_path)
     with pytest.raises(DataError, match=r"bad.xyz: structure 4: forces .* NaN"):
         prepare([data], tmp_path / "prep", PrepareOptions(r_max=3.0, shard_size=2, workers=2))
-    assert not (tmp_path / "prep").exists()
+    assert not (tmp_path / "prep").exists() and not (tmp_path / "prep.partial").exists()
     manifest = prepare([data], tmp_path / "prep", PrepareOptions(r_max=3.0, skip_invalid=True))
     assert manifest["structures"] == 5 and manifest["skipped_count"] == 1
     assert manifest["skipped"][0]["index"] == 4 and "NaN" in manifest["skipped"][0]["problem"]

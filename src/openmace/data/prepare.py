@@ -14,6 +14,7 @@ Nothing half-made is left under the output name: the work happens in ``OUT.parti
 finished unit is recorded there (``units/``), and the folder becomes ``OUT`` only when the
 manifest is written. An interrupted run is resumed by running the same command again (finished
 units are kept when the inputs and options are the same; otherwise ``OUT.partial`` starts over).
+A run that fails on bad data removes ``OUT.partial``.
 """
 
 from __future__ import annotations
@@ -337,11 +338,15 @@ def prepare(
     todo = [u for u in units if u.number not in records]
     if progress:
         progress(len(records), len(units))
-    for record in _run_units(todo, options, partial):
-        records[record["unit"]] = record
-        if progress:
-            progress(len(records), len(units))
-    manifest = _manifest(files, units, records, options, partial)
+    try:
+        for record in _run_units(todo, options, partial):
+            records[record["unit"]] = record
+            if progress:
+                progress(len(records), len(units))
+        manifest = _manifest(files, units, records, options, partial)
+    except Exception:  # bad data: nothing to resume (an interruption keeps the shards)
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     tmp = partial / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, partial / MANIFEST)
