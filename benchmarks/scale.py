@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -170,8 +171,6 @@ def main() -> None:
         made = time.perf_counter() - start
         out = args.work / f"prepared-{size}"
         if out.exists():
-            import shutil
-
             shutil.rmtree(out)
         wall, peak, _ = measured(
             openmace("prepare-data", str(raw), "-o", str(out), "--workers", str(args.workers),
@@ -183,45 +182,37 @@ def main() -> None:
     print(f"prepare-data, {args.workers} workers, r_max 5 Å (load {load:.1f})")
     print("| structures | made s | prepare s | structures/s | shards | bytes / structure "
           "| peak MB |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|", flush=True)
     for size, made, wall, shards, per, peak in rows:
         print(f"| {size} | {made:.0f} | {wall:.1f} | {size / wall:.0f} | {shards} | {per:.0f} "
               f"| {peak / 2**20:.0f} |")  # fmt: skip
 
-    runs = []
-    if not args.skip_epoch:
-        largest = args.work / f"prepared-{max(sizes)}"
-        work = args.work / "epoch"
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
-        wall, peak, _ = measured(openmace(
-            "train", "--train-file", str(largest), "--work-dir", str(work), *TRAIN_OPTIONS,
-            "--threads", "2", "--num-workers", "1"), env)  # fmt: skip
-        runs.append((f"1 epoch, {max(sizes)} structures, 1 x 2 threads", max(sizes), wall, peak))
-    train_set = args.work / f"prepared-{args.train_size}"
-    for label, launcher, threads in (
-        ("1 process x 2 threads", openmace(), "2"),
-        ("2 processes x 1 thread", [sys.executable, "-m", "torch.distributed.run",
-                                    "--nproc_per_node", "2", "-m", "openmace"], "1"),
-    ):  # fmt: skip
-        work = args.work / f"train-{threads}"
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
-        wall, peak, _ = measured(
-            [*launcher, "train", "--train-file", str(train_set), "--work-dir", str(work),
-             *TRAIN_OPTIONS, "--threads", threads],
-            {**env, "OMP_NUM_THREADS": threads})  # fmt: skip
-        log = [json.loads(line) for line in (work / "model.log.jsonl").read_text().splitlines()]
-        runs.append((f"1 epoch, {args.train_size} structures, {label}", args.train_size,
-                     log[-1]["time_s"], peak))  # fmt: skip
     print()
     print(f"openmace train (float32, {' '.join(TRAIN_OPTIONS[:10])} ...; load {load:.1f})")
-    print("| run | epoch s | structures/s | peak MB |")
-    print("|---|---|---|---|")
-    for label, size, seconds, peak in runs:
-        print(f"| {label} | {seconds:.0f} | {size / seconds:.0f} | {peak / 2**20:.0f} |")
+    print("| run | epoch s | structures/s | peak MB (whole run) |")
+    print("|---|---|---|---|", flush=True)
+    launchers = [
+        ("1 process x 2 threads", openmace(), "2", args.train_size),
+        ("2 processes x 1 thread", [sys.executable, "-m", "torch.distributed.run",
+                                    "--nproc_per_node", "2", "-m", "openmace"], "1",
+         args.train_size),
+    ]  # fmt: skip
+    if not args.skip_epoch:
+        launchers.append(
+            ("1 process x 2 threads, 1 DataLoader worker", openmace(), "2", max(sizes))
+        )
+    for label, launcher, threads, size in launchers:
+        work = args.work / f"train-{threads}-{size}"
+        shutil.rmtree(work, ignore_errors=True)
+        extra = ["--num-workers", "1"] if "worker" in label else []
+        _, peak, _ = measured(
+            [*launcher, "train", "--train-file", str(args.work / f"prepared-{size}"),
+             "--work-dir", str(work), *TRAIN_OPTIONS, "--threads", threads, *extra],
+            {**env, "OMP_NUM_THREADS": threads})  # fmt: skip
+        log = [json.loads(line) for line in (work / "model.log.jsonl").read_text().splitlines()]
+        seconds = log[-1]["time_s"]
+        print(f"| 1 epoch of {size} structures, {label} | {seconds:.0f} | {size / seconds:.0f} "
+              f"| {peak / 2**20:.0f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import openmace
 import openmace.data.graph as graph_module
 from openmace.calculators.neighbours import SkinNeighbourList
 from openmace.data.configurations import (
-    MIN_DISTANCE,
     Configuration,
     Keys,
     configuration_from_atoms,
@@ -26,6 +25,7 @@ from openmace.data.configurations import (
 )
 from openmace.data.dataset import GraphDataset
 from openmace.data.graph import Graph, graph_from_arrays, graph_from_atoms, neighbour_list
+from openmace.data.validation import DISTANCE_SEARCH
 from openmace.evaluation.predict import predict_configurations
 from openmace.train.config import build_config
 from openmace.train.loop import Trainer
@@ -119,8 +119,8 @@ def test_training_builds_one_neighbour_list_per_structure(tmp_path, builds):
     r_max = trainer.model.config.r_max
     # 8 train + 2 valid + 3 test: statistics, batches, validation and error tables share them
     assert builds[r_max] == 13
-    assert builds[MIN_DISTANCE] == 13  # the reader's overlap check (another cutoff)
-    assert set(builds) == {r_max, MIN_DISTANCE}
+    assert builds[DISTANCE_SEARCH] == 13  # the reader's overlap check (another cutoff)
+    assert set(builds) == {r_max, DISTANCE_SEARCH}
 
 
 def test_eval_builds_graphs_from_the_parsed_arrays(tmp_path, builds, monkeypatch):
