@@ -47,7 +47,7 @@ from openmace.data.summary import Summary
 MANIFEST = "dataset.json"
 PER_STRUCTURE = (
     "atom_offsets", "cell", "pbc", "energy", "stress", "virials", "charge", "spin", "has_forces",
-    "weight", "source_file", "source_index", "pair_offsets",
+    "weight", "source_file", "source_index", "pair_offsets", "num_edges", "forces_sumsq",
 )  # fmt: skip
 PER_ATOM = ("positions", "numbers", "forces", "pair_i", "pair_j", "pair_shift")
 SHARDS_CACHED = 64
@@ -103,7 +103,6 @@ class PreparedStore:
         self._columns: dict[int, dict] = {}
         self._pid = os.getpid()
         self._summary: Summary | None = None
-        self._offsets: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -131,36 +130,28 @@ class PreparedStore:
         k = int(np.searchsorted(self.starts, i, side="right")) - 1
         return k, i - int(self.starts[k])
 
-    def offsets(self, k: int) -> np.ndarray:
-        if self._offsets is None:
-            self._offsets = [None] * len(self.shards)
-        if self._offsets[k] is None:
-            self._offsets[k] = self._shard(k)["atom_offsets"][:]
-        return self._offsets[k]
-
     @property
     def summary(self) -> Summary:
-        """Every structure's :class:`Summary` (read from the shards' small columns once)."""
+        """Every structure's :class:`Summary`, from the shards' per-structure columns (the
+        ones :meth:`columns` reads) and atomic numbers."""
         if self._summary is None:
+            files = np.array(self.files, dtype=object)
             parts = []
             for k in range(len(self.shards)):
-                h = self._shard(k)
-                offsets = self.offsets(k)
-                stress, virials = h["stress"][:], h["virials"][:]
-                files = np.array(self.files, dtype=object)
+                c = self.columns(k)
                 parts.append(
                     Summary(
-                        num_atoms=np.diff(offsets).astype(np.int64),
-                        numbers=h["numbers"][:],
-                        energy=h["energy"][:],
-                        has_forces=h["has_forces"][:],
-                        has_stress=~np.isnan(stress[:, 0, 0]),
-                        has_virials=~np.isnan(virials[:, 0, 0]),
-                        forces_sumsq=h["forces_sumsq"][:],
-                        config_type=np.array(h["config_type"].asstr()[:], dtype=object),
-                        source=files[h["source_file"][:]],
-                        index=h["source_index"][:].astype(np.int64),
-                        num_edges=h["num_edges"][:].astype(np.int64),
+                        num_atoms=np.diff(c["atom_offsets"]).astype(np.int64),
+                        numbers=c["numbers"][:],
+                        energy=c["energy"],
+                        has_forces=c["has_forces"],
+                        has_stress=~np.isnan(c["stress"][:, 0, 0]),
+                        has_virials=~np.isnan(c["virials"][:, 0, 0]),
+                        forces_sumsq=c["forces_sumsq"],
+                        config_type=c["config_type"].astype(object),
+                        source=files[c["source_file"]],
+                        index=c["source_index"].astype(np.int64),
+                        num_edges=c["num_edges"].astype(np.int64),
                     )
                 )
             self._summary = Summary.concat(parts)

@@ -49,14 +49,15 @@ class Summary:
     def take(self, rows: np.ndarray | list[int]) -> Summary:
         """The summary of structures ``rows``, in that order."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        offsets = self.offsets
-        atoms = [np.arange(offsets[r], offsets[r + 1]) for r in rows]
+        counts = self.num_atoms[rows]
+        # atom indices of each picked structure, one after another, without a Python loop
+        shift = np.repeat(self.offsets[rows] - (np.cumsum(counts) - counts), counts)
+        picked = shift + np.arange(int(counts.sum()), dtype=np.int64)
         values = {
             f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[rows])
             for f in fields(self)
             if f.name != "numbers"
         }
-        picked = np.concatenate(atoms) if atoms else np.zeros(0, dtype=np.int64)
         return Summary(numbers=self.numbers[picked], **values)
 
     @classmethod
