@@ -3,6 +3,7 @@ from __future__ import annotations
 import ase.build
 import numpy as np
 import pytest
+import torch
 from ase import units
 from ase.filters import FrechetCellFilter
 from ase.io import read
@@ -11,6 +12,7 @@ from ase.md.verlet import VelocityVerlet
 from ase.optimize import BFGS
 
 from openmace import MACECalculator
+from openmace.calculators.neighbours import SkinNeighbourList
 from openmace.data.graph import batch_atoms
 from openmace.io.mace_torch import load_mace_torch
 from tests.helpers import load_reference, make_model, molecule, triclinic_cell
@@ -27,6 +29,28 @@ def test_calculator_equals_model():
     voigt = [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]
     assert np.allclose(atoms.get_stress(), voigt, atol=1e-12)
     assert atoms.get_potential_energies().sum() == pytest.approx(atoms.get_potential_energy())
+    # the calculator evaluates the atoms sorted by element; per-atom results come back in order
+    assert np.allclose(atoms.get_potential_energies(), out["node_energy"].detach().numpy(), atol=1e-12)
+
+
+def test_element_ordered_graph():
+    atoms = triclinic_cell()  # Cu Cu Cu C C O H H
+    neighbours = SkinNeighbourList(3.5)
+    plain = neighbours.graph(atoms)
+    graph, rank = neighbours.element_ordered_graph(atoms)
+    numbers = graph.atomic_numbers.numpy()
+    assert list(numbers) == sorted(atoms.numbers) and rank is not None
+    assert np.array_equal(numbers[rank], atoms.numbers)
+    assert np.array_equal(graph.positions.numpy()[rank], atoms.positions)
+    # the same pairs (vectors), renumbered
+    def vectors(g):
+        s, r = g.edge_index
+        return g.positions[r] - g.positions[s] + g.unit_shifts @ g.cell[0]
+
+    assert torch.equal(vectors(graph), vectors(plain))
+    assert torch.equal(graph.edge_index, torch.as_tensor(rank)[plain.edge_index])
+    sorted_atoms = atoms[np.argsort(atoms.numbers, kind="stable")]
+    assert neighbours.element_ordered_graph(sorted_atoms)[1] is None
 
 
 def test_calculator_leaves_the_callers_model_unchanged():

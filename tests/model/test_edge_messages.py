@@ -61,6 +61,28 @@ def test_inference_path_equals_autograd_path(
         torch.testing.assert_close(fast[key], reference[key], rtol=0, atol=1e-12)
 
 
+def test_inference_plan_follows_changed_weights(cpu_implementation):
+    """The plan (weights with the fan-in and activation scales folded in) is kept between
+    calls; a weight changed in place or replaced afterwards is used, not the kept copy."""
+    model = make_model()
+    graph = batch_atoms([molecule()], model.config.r_max)
+    fast_model = for_inference(model, cpu_implementation)
+    predictions(fast_model, graph)
+    fast_mlp = fast_model.interactions[0].messages.radial_mlp
+    with torch.no_grad():
+        fast_mlp.weights[1].mul_(1.5)  # in place
+        model.interactions[0].messages.radial_mlp.weights[1].mul_(1.5)
+    reference, fast = predictions(model, graph), predictions(fast_model, graph)
+    torch.testing.assert_close(fast["forces"], reference["forces"], rtol=0, atol=1e-12)
+    replaced = torch.nn.Parameter(fast_mlp.weights[0].detach() * 0.5, requires_grad=False)
+    fast_mlp.weights[0] = replaced  # a new tensor
+    with torch.no_grad():
+        model.interactions[0].messages.radial_mlp.weights[0].mul_(0.5)
+    reference, fast = predictions(model, graph), predictions(fast_model, graph)
+    torch.testing.assert_close(fast["energy"], reference["energy"], rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast["forces"], reference["forces"], rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("nonlinear", [False, True], ids=["mlp", "layernorm_mlp_last_layer"])
 def test_gradients_of_pooled_messages_match_finite_differences(cpu_implementation, nonlinear):
     pooled, inputs, _ = pooled_messages_case(nonlinear=nonlinear)

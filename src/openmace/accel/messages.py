@@ -63,7 +63,8 @@ class MessagePlan(NamedTuple):
 
 
 def _act(plan: MessagePlan, x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.silu(x) * plan.act_scale
+    out = torch.nn.functional.silu(x)
+    return out if plan.act_scale == 1.0 else out * plan.act_scale
 
 
 def _forward_keeping(
@@ -94,7 +95,9 @@ def _input_gradient(
     for i in range(len(plan.mlp_weights) - 1, -1, -1):
         grad = grad @ plan.mlp_weights[i].t()
         if i > 0:  # through the normalised SiLU of the layer below
-            grad = torch.ops.aten.silu_backward(grad, kept[i - 1]) * plan.act_scale
+            grad = torch.ops.aten.silu_backward(grad, kept[i - 1])
+            if plan.act_scale != 1.0:
+                grad = grad * plan.act_scale
     return grad
 
 
@@ -451,6 +454,7 @@ class InferenceMessages(nn.Module):
         self.kernels = kernels
         self.workspaces: dict = {}
         self._reference = (reference,)  # a tuple: not registered as a child module
+        self._plan: tuple | None = None  # (weights' identity and versions, plan)
 
     def plan(self, last_layer: torch.Tensor | None = None) -> MessagePlan:
         """The frozen plan: the whole (plain) radial MLP, or with ``last_layer`` (a matrix) only
@@ -462,9 +466,18 @@ class InferenceMessages(nn.Module):
             weights, act_scale = (last_layer,), 1.0
             fallback = partial(_pooled_from_last_layer, reference, last_layer)
         else:
-            weights = tuple(w.detach() * w.shape[0] ** -0.5 for w in mlp.weights)
-            act_scale, fallback = mlp.act.scale, reference
-        return MessagePlan(
+            # frozen weights: the plan is kept until a weight changes (in place or replaced)
+            key = tuple((w.data_ptr(), w._version) for w in mlp.weights)
+            if self._plan is not None and self._plan[0] == key:
+                return self._plan[1]
+            # fan-in normalisation and the activation's scale folded into the weights:
+            # act(z) W = silu(z) (s W), one product fewer per layer and in the backward pass
+            scales = [1.0] + [float(mlp.act.scale)] * (len(mlp.weights) - 1)
+            weights = tuple(
+                w.detach() * (w.shape[0] ** -0.5 * s) for w, s in zip(mlp.weights, scales)
+            )
+            act_scale, fallback = 1.0, reference
+        plan = MessagePlan(
             cg_matrix=tp.cg_matrix,
             sparse_cg=tp.sparse_cg(),
             weight_blocks=tp.weight_blocks,
@@ -477,6 +490,9 @@ class InferenceMessages(nn.Module):
             kernels=self.kernels,
             fallback=fallback,
         )
+        if last_layer is None:
+            self._plan = (key, plan)
+        return plan
 
     def forward(
         self,

@@ -152,7 +152,7 @@ class MACECalculator(Calculator):
             index=None,
             pairs=lambda: _first_half(self.neighbours.pairs(atoms)),
         )
-        graph = self.neighbours.graph(atoms)
+        graph, rank = self.neighbours.element_ordered_graph(atoms)
         if any(m.embedding_inputs for m in self.models):
             graph.total_charge, graph.total_spin = _charge_and_spin(atoms)
         for m in self.models:
@@ -162,6 +162,8 @@ class MACECalculator(Calculator):
         energy = np.array([o["energy"].item() for o in outs])
         forces = np.stack([o["forces"].detach().cpu().double().numpy() for o in outs])
         energies = np.stack([o["node_energy"].detach().cpu().double().numpy() for o in outs])
+        if rank is not None:  # back to the order of the atoms
+            forces, energies = forces[:, rank], energies[:, rank]
         self.results = {
             "energy": float(energy.mean()),
             "free_energy": float(energy.mean()),

@@ -54,13 +54,33 @@ class SkinNeighbourList:
         return self.edges
 
     def graph(self, atoms: Atoms) -> Graph:
+        """The structure as a graph, atoms in the order of ``atoms``."""
+        return self.element_ordered_graph(atoms, reorder=False)[0]
+
+    def element_ordered_graph(
+        self, atoms: Atoms, reorder: bool = True
+    ) -> tuple[Graph, np.ndarray | None]:
+        """The structure as a graph with its atoms sorted by atomic number (stable), and
+        ``rank`` (``rank[i]``: the graph row of atom ``i``; per-atom results ``out[rank]`` are
+        in the order of ``atoms``), or None when the atoms are in that order already. The
+        model's per-element weights then apply to contiguous rows, without gathers (OFF23-size
+        model on 64 atoms: about 5 % of a call)."""
         sender, receiver, shifts = self.pairs(atoms)
-        return graph_from_arrays(
-            atoms.get_positions(),
-            atoms.get_atomic_numbers(),
+        positions, numbers = atoms.get_positions(), atoms.get_atomic_numbers()
+        rank = None
+        if reorder and len(numbers) > 1 and bool(np.any(numbers[1:] < numbers[:-1])):
+            order = np.argsort(numbers, kind="stable")
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            positions, numbers = positions[order], numbers[order]
+            sender, receiver = rank[sender], rank[receiver]
+        graph = graph_from_arrays(
+            positions,
+            numbers,
             np.asarray(atoms.get_cell()[:]),
             atoms.get_pbc(),
             sender,
             receiver,
             shifts,
         )
+        return graph, rank

@@ -190,7 +190,7 @@ class MonomialContraction(nn.Module):
                 out = out + (r * x_parts[k].unsqueeze(1)).sum(2)
             outs.append(out)
         out = (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)).permute(2, 0, 1)
-        if len(groups.chunks) == 1:
+        if groups.in_order:
             return out.contiguous()
         return out.index_select(0, groups.inverse)
 

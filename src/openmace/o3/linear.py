@@ -80,13 +80,16 @@ class ElementGroups(NamedTuple):
 
     ``order`` sorts atoms by element, ``inverse`` undoes it; ``chunks`` lists
     ``(element, start, stop)`` in sorted order for every element present; ``species`` is the
-    element index of each atom (in atom order).
+    element index of each atom (in atom order). ``in_order``: the atoms are already sorted by
+    element (``order`` is the identity): rows are split and joined without gathers (the ASE
+    calculator numbers atoms this way).
     """
 
     order: torch.Tensor
     inverse: torch.Tensor
     chunks: list[tuple[int, int, int]]
     species: torch.Tensor
+    in_order: bool = False
 
 
 def element_groups(species: torch.Tensor, num_elements: int) -> ElementGroups:
@@ -101,12 +104,13 @@ def element_groups(species: torch.Tensor, num_elements: int) -> ElementGroups:
         if count > 0:
             chunks.append((element, start, start + count))
         start += count
-    return ElementGroups(order, inverse, chunks, species)
+    in_order = len(chunks) == 1 or bool((species[1:] >= species[:-1]).all())
+    return ElementGroups(order, inverse, chunks, species, in_order)
 
 
 def sort_by_element(x: torch.Tensor, groups: ElementGroups) -> torch.Tensor:
     """Rows of ``x`` in element order (``x`` itself when one element is present)."""
-    return x if len(groups.chunks) == 1 else x[groups.order]
+    return x if groups.in_order else x[groups.order]
 
 
 def split_by_element(x: torch.Tensor, groups: ElementGroups) -> list[tuple[int, torch.Tensor]]:
@@ -120,7 +124,8 @@ def merge_by_element(parts: list[torch.Tensor], groups: ElementGroups) -> torch.
     """Inverse of :func:`split_by_element` for per-element results: back in atom order."""
     if len(parts) == 1:
         return parts[0]
-    return torch.cat(parts, dim=0)[groups.inverse]
+    joined = torch.cat(parts, dim=0)
+    return joined if groups.in_order else joined[groups.inverse]
 
 
 class ElementLinear(nn.Module):
