@@ -23,6 +23,20 @@ PARITY = FIXTURES / "parity"
 PARITY_NAMES = sorted(p.name for p in PARITY.iterdir() if (p / "config.json").exists())
 
 
+#: model options covering every block kind and radial-weight path (swaps are tested on each)
+BLOCK_VARIANTS = {
+    "default": {},
+    "L2_mixed_parity": {"hidden_irreps": "6x0e+6x1o+6x2e+6x1e", "pair_repulsion": True},
+    "one_radial_layer": {"radial_mlp": []},
+    "non_residual_first": {"correlation": 1, "max_ell": 2},
+    # radial weights computed outside the kernels (envelope before the last layer)
+    "envelope_after_mlp": {"apply_cutoff": False},
+    "density": {"interaction": "density"},
+    "nonlinear": {"interaction": "nonlinear", "agnostic_product": True},
+    "nonlinear_envelope_after_mlp": {"interaction": "nonlinear", "apply_cutoff": False},
+}
+
+
 def make_model(seed: int = 0, **overrides) -> MACE:
     """A small random float64 model; ``overrides`` change any :class:`MACEConfig` field."""
     torch.manual_seed(seed)

@@ -30,7 +30,9 @@ def test_calculator_equals_model():
     assert np.allclose(atoms.get_stress(), voigt, atol=1e-12)
     assert atoms.get_potential_energies().sum() == pytest.approx(atoms.get_potential_energy())
     # the calculator evaluates the atoms sorted by element; per-atom results come back in order
-    assert np.allclose(atoms.get_potential_energies(), out["node_energy"].detach().numpy(), atol=1e-12)
+    assert np.allclose(
+        atoms.get_potential_energies(), out["node_energy"].detach().numpy(), atol=1e-12
+    )
 
 
 def test_element_ordered_graph():
@@ -42,6 +44,7 @@ def test_element_ordered_graph():
     assert list(numbers) == sorted(atoms.numbers) and rank is not None
     assert np.array_equal(numbers[rank], atoms.numbers)
     assert np.array_equal(graph.positions.numpy()[rank], atoms.positions)
+
     # the same pairs (vectors), renumbered
     def vectors(g):
         s, r = g.edge_index

@@ -12,6 +12,7 @@ from openmace.accel import messages as edge_messages
 from openmace.accel.messages import PooledMessages
 from openmace.data.graph import batch_atoms
 from tests.helpers import (
+    BLOCK_VARIANTS,
     compiler_available,
     make_model,
     molecule,
@@ -19,16 +20,7 @@ from tests.helpers import (
     triclinic_cell,
 )
 
-VARIANTS = {
-    "default": {},
-    "L2_mixed_parity": {"hidden_irreps": "6x0e+6x1o+6x2e+6x1e", "pair_repulsion": True},
-    "one_radial_layer": {"radial_mlp": []},
-    "non_residual_first": {"correlation": 1, "max_ell": 2},
-    # radial weights computed outside the kernels (envelope before the last layer)
-    "envelope_after_mlp": {"apply_cutoff": False},
-    "nonlinear": {"interaction": "nonlinear", "agnostic_product": True},
-    "nonlinear_envelope_after_mlp": {"interaction": "nonlinear", "apply_cutoff": False},
-}
+VARIANTS = BLOCK_VARIANTS
 
 
 def predictions(model, graph) -> dict[str, torch.Tensor]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from openmace.accel import for_inference
+from openmace.accel import for_inference, for_training
 from openmace.data.dataset import Batch, GraphDataset, load_batches
 from openmace.data.statistics import compute_statistics
 from openmace.evaluation.metrics import (
@@ -264,6 +264,9 @@ class Trainer:
             self.model_config = model_config(cfg, self.data, self.train_set)
             torch.manual_seed(cfg.seed)
             self.model = MACE(self.model_config, dtype=self.dtype, device=self.device)
+        # the edge messages by the compiled kernels with their second derivative (CPU; the
+        # reference elsewhere): the same gradients to rounding (openmace.accel.training)
+        for_training(self.model)
         # what the loss is fitted on and validated with: the user's data and any replay data
         self.fit_set, self.check_set = self.train_set, self.valid_set
         if self.pt_sets:
