@@ -10,6 +10,7 @@ workers: wall time, shards, bytes per structure, peak memory (the sum over the p
 sampled every 0.1 s). Then one epoch of ``openmace train`` streamed from the largest prepared
 set (peak memory), and samples per second of one epoch on the --train-size set with 1 process x
 2 threads and 2 processes (torchrun, gloo) x 1 thread. Prints Markdown tables.
+``--only-streamed-epoch`` runs the streamed epoch alone, from a prepared set already in --work.
 """
 
 from __future__ import annotations
@@ -160,11 +161,16 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=30000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip-epoch", action="store_true", help="no streamed epoch")
+    parser.add_argument(
+        "--only-streamed-epoch",
+        action="store_true",
+        help="only the streamed epoch of the largest size, from its prepared set in --work",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     rows = []
-    for size in sizes:
+    for size in [] if args.only_streamed_epoch else sizes:
         raw = args.work / f"raw-{size}"
         start = time.perf_counter()
         make_dataset(raw, size)
@@ -179,10 +185,11 @@ def main() -> None:
         shards = sum(p.stat().st_size for p in out.glob("*.h5"))
         rows.append((size, made, wall, len(manifest["shards"]), shards / size, peak))
     load = os.getloadavg()[0]
-    print(f"prepare-data, {args.workers} workers, r_max 5 Å (load {load:.1f})")
-    print("| structures | made s | prepare s | structures/s | shards | bytes / structure "
-          "| peak MB |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|", flush=True)
+    if rows:
+        print(f"prepare-data, {args.workers} workers, r_max 5 Å (load {load:.1f})")
+        print("| structures | made s | prepare s | structures/s | shards | bytes / structure "
+              "| peak MB |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|", flush=True)
     for size, made, wall, shards, per, peak in rows:
         print(f"| {size} | {made:.0f} | {wall:.1f} | {size / wall:.0f} | {shards} | {per:.0f} "
               f"| {peak / 2**20:.0f} |")  # fmt: skip
@@ -197,6 +204,8 @@ def main() -> None:
                                     "--nproc_per_node", "2", "-m", "openmace"], "1",
          args.train_size),
     ]  # fmt: skip
+    if args.only_streamed_epoch:
+        launchers = []
     if not args.skip_epoch:
         launchers.append(
             ("1 process x 2 threads, 1 DataLoader worker", openmace(), "2", max(sizes))

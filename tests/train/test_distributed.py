@@ -160,6 +160,25 @@ def test_global_batches_do_not_depend_on_the_world():
     assert np.array_equal(np.concatenate(packed), np.concatenate(batches))
     for batch in packed:
         assert sizes[batch].sum() <= 10 or len(batch) == 1
+    # by edges, and by both limits: the same order, every batch within each limit and closed
+    # only when the next structure would not fit
+    edges = np.array([30, 2, 50, 8, 10, 40, 7, 22])
+    for max_atoms, max_edges in ((None, 45), (10, 45)):
+        packed = global_batches(sizes, 3, 11, max_atoms, edges, max_edges)
+        assert np.array_equal(np.concatenate(packed), np.concatenate(batches))
+        for k, batch in enumerate(packed):
+            fits = edges[batch].sum() <= max_edges and (
+                max_atoms is None or sizes[batch].sum() <= max_atoms
+            )
+            assert fits or len(batch) == 1
+            if k + 1 < len(packed):
+                nxt = packed[k + 1][0]
+                grown = np.append(batch, nxt)
+                assert edges[grown].sum() > max_edges or (
+                    max_atoms is not None and sizes[grown].sum() > max_atoms
+                )
+    with pytest.raises(ValueError, match="edge counts"):
+        global_batches(sizes, 3, 11, None, None, 45)
 
 
 def test_loss_over_shares_with_the_batch_counts_is_the_batch_loss(tmp_path):
@@ -185,10 +204,16 @@ def test_loss_over_shares_with_the_batch_counts_is_the_batch_loss(tmp_path):
 
 def test_dataloader_workers_and_atom_batches_train(tmp_path):
     """DataLoader workers give the same training as reading in the process; batches by atom
-    count train too."""
+    or edge count train too."""
     data = write_xyz(tmp_path / "d.xyz", molecules(12, seed=5))
     states = []
-    for name, extra in (("w0", {}), ("w2", {"num_workers": 2}), ("atoms", {"batch_max_atoms": 14})):
+    runs = (
+        ("w0", {}),
+        ("w2", {"num_workers": 2}),
+        ("atoms", {"batch_max_atoms": 14}),
+        ("edges", {"batch_max_edges": 150}),
+    )
+    for name, extra in runs:
         trainer = Trainer(make_config(tmp_path / name, data, epochs=1, **extra), progress=False)
         trainer.setup()
         losses = [trainer.train_epoch()]
@@ -197,3 +222,4 @@ def test_dataloader_workers_and_atom_batches_train(tmp_path):
     for key, value in states[0][1].items():
         assert torch.equal(value, states[1][1][key])
     assert states[2][0] != states[0][0] and np.isfinite(states[2][0]).all()
+    assert states[3][0] != states[0][0] and np.isfinite(states[3][0]).all()

@@ -150,6 +150,12 @@ class TrainConfig(ModelOptions):
         "instead of --batch-size structures, batches of at most this many atoms (a larger "
         "structure is a batch alone): flat memory on data of mixed sizes",
     )
+    batch_max_edges: int | None = _opt(
+        None,
+        "instead of --batch-size structures, batches of at most this many edges (neighbour "
+        "pairs within r_max, both directions; with --batch-max-atoms both limits hold; a larger "
+        "structure is a batch alone): memory grows with edges, dense and sparse data alike",
+    )
     num_workers: int = _opt(
         0, "DataLoader worker processes that read and batch structures (0: in the main process)"
     )
@@ -218,6 +224,10 @@ class TrainConfig(ModelOptions):
         need(
             self.batch_max_atoms is None or self.batch_max_atoms >= 1,
             "batch_max_atoms must be >= 1",
+        )
+        need(
+            self.batch_max_edges is None or self.batch_max_edges >= 1,
+            "batch_max_edges must be >= 1",
         )
         need(self.num_workers >= 0, "num_workers must be >= 0")
         need(self.ddp_timeout > 0, "ddp_timeout must be positive")

@@ -102,21 +102,33 @@ def stop() -> None:
 
 
 def global_batches(
-    sizes: np.ndarray, batch_size: int, seed: int, max_atoms: int | None = None
+    sizes: np.ndarray,
+    batch_size: int,
+    seed: int,
+    max_atoms: int | None = None,
+    edges: np.ndarray | None = None,
+    max_edges: int | None = None,
 ) -> list[np.ndarray]:
     """One epoch's global batches of structure indices: a permutation by ``seed`` cut every
-    ``batch_size`` structures, or (``max_atoms``) greedily into batches of at most
-    ``max_atoms`` atoms (``sizes``: atoms per structure; a larger structure is a batch alone)."""
+    ``batch_size`` structures, or (``max_atoms`` and/or ``max_edges``) greedily into batches
+    of at most ``max_atoms`` atoms and ``max_edges`` edges (``sizes``, ``edges``: atoms and
+    edges per structure; a structure over a limit is a batch alone)."""
     order = np.random.default_rng(seed).permutation(len(sizes))
-    if max_atoms is None:
+    if max_atoms is None and max_edges is None:
         return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-    batches, current, atoms = [], [], 0
+    if max_edges is not None and edges is None:
+        raise ValueError("batches by edges need the structures' edge counts")
+    limits = [(np.asarray(sizes), max_atoms), (edges, max_edges)]
+    limits = [(counts, limit) for counts, limit in limits if limit is not None]
+    batches, current = [], []
+    totals = [0] * len(limits)
     for i in order:
-        if current and atoms + sizes[i] > max_atoms:
+        over = any(t + int(c[i]) > limit for t, (c, limit) in zip(totals, limits))
+        if current and over:
             batches.append(np.array(current))
-            current, atoms = [], 0
+            current, totals = [], [0] * len(limits)
         current.append(i)
-        atoms += int(sizes[i])
+        totals = [t + int(c[i]) for t, (c, _) in zip(totals, limits)]
     if current:
         batches.append(np.array(current))
     return batches

@@ -102,6 +102,7 @@ RESUME_OPTIMISATION = (
     "lr",
     "batch_size",
     "batch_max_atoms",
+    "batch_max_edges",
     "eval_interval",
     "ema_decay",
     "energy_weight",
@@ -494,11 +495,14 @@ class Trainer:
         epoch); this process trains on its share of each (all of it on one process)."""
         cfg, world = self.cfg, self.world
         self._stress = self._needs_stress(self.fit_set)  # the stage's loss weights
+        summary = self.fit_set.summary
         batches = global_batches(
-            self.fit_set.summary.num_atoms,
+            summary.num_atoms,
             cfg.batch_size,
             cfg.seed * 100_003 + self.epoch,
             cfg.batch_max_atoms,
+            summary.num_edges,
+            cfg.batch_max_edges,
         )
         bar = None
         if self.progress:
