@@ -40,6 +40,7 @@ import ase.io
 import numpy as np
 import torch
 from ase.data import chemical_symbols
+from compare_mace_torch import run_json  # this folder is on sys.path when run as a script
 
 from openmace.calculators.mace import MACECalculator
 from openmace.io.lammps import export_lammps
@@ -91,7 +92,6 @@ def calculator_in_child(*args):
 
 def mace_torch_ms(args, atoms: ase.Atoms, dtype: str, folder: Path) -> dict:
     """mace-torch's calculator on ``atoms`` (``mace_torch_worker.py time``): ms, peak MB."""
-    import json
     import os
 
     xyz = folder / "mace.xyz"
@@ -101,15 +101,11 @@ def mace_torch_ms(args, atoms: ase.Atoms, dtype: str, folder: Path) -> dict:
     # model files this project made (the look-alikes), never for files from elsewhere
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    done = subprocess.run(
-        [args.mace_python, str(worker), "time", str(args.model), str(xyz), dtype, str(args.steps)],
-        capture_output=True,
-        text=True,
-        env=env,
+    command = [args.mace_python, str(worker), "time", str(args.model), str(xyz), dtype]
+    # capped address space and time: a case mace-torch cannot do is a table entry, not the end
+    return run_json(
+        [*command, str(args.steps)], env, args.mace_timeout, memory_gb=args.mace_memory_gb
     )
-    if done.returncode != 0:
-        sys.exit(done.stderr[-2000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def lammps_ms(folder: Path, atoms, model_file, plugin, element, ranks, threads, steps, comm):
@@ -159,6 +155,10 @@ def main() -> None:
     parser.add_argument("--comm", default="exchange", choices=["exchange", "shell"])
     parser.add_argument("--mace-python", help="python with mace-torch: time its calculator")
     parser.add_argument(
+        "--mace-memory-gb", type=float, default=16.0, help="mace-torch's address-space cap"
+    )
+    parser.add_argument("--mace-timeout", type=float, default=1800.0, help="seconds per case")
+    parser.add_argument(
         "--only-two-ranks",
         action="store_true",
         help="only LAMMPS on 2 ranks x 1 thread (the scale runs: cells too large for the rest)",
@@ -197,7 +197,9 @@ def main() -> None:
                     f"{one / calc:.2f} | {single / two:.2f} | {calc_mb:.0f} | {one_mb:.0f} | "
                     f"{two_mb:.0f} | {e_one - e_calc:.1e} | {e_two - e_one:.1e} |"
                 )
-                if mace is not None:
+                if mace is not None and "error" in mace:
+                    rows[-1] += f" {mace['error']} | - | - | - |"
+                elif mace is not None:
                     rows[-1] += (
                         f" {mace['ms']:.1f} | {n / mace['ms'] * 1e3:.0f} | "
                         f"{mace['ms'] / one:.1f} | {mace['peak_mb']:.0f} |"
