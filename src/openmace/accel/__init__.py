@@ -19,6 +19,10 @@ reference (``openmace.model``)              swap (``openmace.accel``)
                                             (compiled kernel) or
                                             :class:`~openmace.accel.contraction.FrozenContraction`
                                             (each element's weights contracted on first use)
+``EquivariantLinear``, ``ElementLinear``    :class:`~openmace.accel.linear.FrozenLinear`,
+(eq. 9 and 12, the linear maps)             :class:`~openmace.accel.linear.FrozenElementLinear`
+                                            (all components in one batched product; not for
+                                            ``"reference"`` and ``"operators"``)
 ==========================================  ==================================================
 
 ``implementation``:
@@ -51,6 +55,7 @@ import torch
 from torch import nn
 
 from openmace.accel.contraction import CompiledContraction, FrozenContraction
+from openmace.accel.linear import FrozenElementLinear, FrozenLinear
 from openmace.accel.messages import InferenceMessages
 from openmace.accel.operators import (
     FusedOperatorMessages,
@@ -63,6 +68,7 @@ from openmace.model import MACE
 from openmace.model.interaction import EdgeMessages
 from openmace.model.product import SymmetricContraction
 from openmace.model.radial import MLP
+from openmace.o3.linear import ElementLinear, EquivariantLinear
 
 IMPLEMENTATIONS = ("auto", "compiled", "pytorch", "reference", "operators")
 
@@ -133,7 +139,20 @@ def for_inference(model: MACE, implementation: str = "auto") -> MACE:
         interaction.messages = inference_messages(interaction.messages, implementation)
     for product in frozen.products:
         product.contraction = inference_contraction(product.contraction, implementation)
+    if implementation not in ("reference", "operators"):  # what TorchScript scripts keeps them
+        swap_linear_maps(frozen)
     return frozen
+
+
+def swap_linear_maps(model: nn.Module) -> None:
+    """Every :class:`EquivariantLinear` and :class:`ElementLinear` in ``model`` swapped, in
+    place, for its frozen form (:mod:`openmace.accel.linear`; parameters shared)."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is EquivariantLinear:
+                setattr(parent, name, FrozenLinear(child))
+            elif type(child) is ElementLinear:
+                setattr(parent, name, FrozenElementLinear(child))
 
 
 def for_training(model: MACE, implementation: str = "auto") -> MACE:
@@ -157,4 +176,5 @@ __all__ = [
     "for_training",
     "inference_contraction",
     "inference_messages",
+    "swap_linear_maps",
 ]

@@ -151,7 +151,7 @@ class MACE(nn.Module):
             else None
         )
         self.irreps_sh = tuple(spherical_harmonics_irreps(config.max_ell))
-        self.spherical_harmonics = SphericalHarmonics(config.max_ell)
+        self.spherical_harmonics = SphericalHarmonics(config.max_ell, dtype)
         self.scale, self.shift = config.per_head("scale")[0], config.per_head("shift")[0]
         # per-head scale and shift (config values; not in the state dict)
         self.register_buffer(
@@ -385,13 +385,17 @@ class MACE(nn.Module):
         if self.agnostic_product:
             product_groups = element_groups(torch.zeros_like(species), 1)
         sender, receiver = edge_index[0], edge_index[1]
-        shifts = torch.einsum("ei,eij->ej", unit_shifts, cell[batch[sender]])
+        if cell.shape[0] == 1:  # one structure: one product, no per-edge copy of the cell
+            shifts = unit_shifts @ cell[0]
+        else:
+            shifts = torch.einsum("ei,eij->ej", unit_shifts, cell[batch[sender]])
         vectors = positions[receiver] - positions[sender] + shifts
         lengths = torch.linalg.vector_norm(vectors, dim=-1, keepdim=True)
-        sh = self.spherical_harmonics(vectors)
-        # an edge and its reverse have the same length: radial features (and the radial MLPs of
-        # the interactions) once per pair when the edges come in reversed halves
+        # an edge and its reverse have the same length and opposite directions: radial
+        # features (and the radial MLPs of the interactions) and spherical harmonics once per
+        # pair when the edges come in reversed halves
         pairs = paired_edges(edge_index, unit_shifts)
+        sh = self.spherical_harmonics(vectors, pairs)
         rows = lengths[:pairs] if pairs > 0 else lengths
         radial, cutoff = self.radial_features(
             rows, atomic_numbers[sender[: rows.shape[0]]], atomic_numbers[receiver[: rows.shape[0]]]

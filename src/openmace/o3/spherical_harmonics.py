@@ -14,13 +14,24 @@ from torch import nn
 
 
 class SphericalHarmonics(nn.Module):
-    """``Y_l^m(r̂)`` for ``l = 0..lmax`` of ``vectors [n, 3]`` → ``[n, (lmax + 1)^2]``."""
+    """``Y_l^m(r̂)`` for ``l = 0..lmax`` of ``vectors [n, 3]`` → ``[n, (lmax + 1)^2]``.
 
-    def __init__(self, lmax: int) -> None:
+    ``pairs = H > 0``: vector ``e + H`` is vector ``e`` negated for every ``e < H`` (edges in
+    reversed halves, :func:`openmace.data.graph.paired_edges`); the harmonics of the first half
+    are computed and the second half follows by parity, ``Y_l(-r̂) = (-1)^l Y_l(r̂)``: half the
+    work, the same numbers (each ``Y_l`` is a homogeneous polynomial of degree ``l`` in the
+    unit vector's components), gradients through the first half's vectors."""
+
+    def __init__(self, lmax: int, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.harmonics = _E3nnSphericalHarmonics(
             list(range(lmax + 1)), normalize=True, normalization="component"
         )
+        signs = [(-1.0) ** l for l in range(lmax + 1) for _ in range(2 * l + 1)]
+        self.register_buffer("parity", torch.tensor(signs, dtype=dtype), persistent=False)
 
-    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
-        return self.harmonics(vectors)
+    def forward(self, vectors: torch.Tensor, pairs: int = 0) -> torch.Tensor:
+        if pairs <= 0 or 2 * pairs != vectors.shape[0]:
+            return self.harmonics(vectors)
+        half = self.harmonics(vectors[:pairs])
+        return torch.cat([half, half * self.parity.to(half.dtype)])
