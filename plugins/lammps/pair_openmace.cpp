@@ -8,8 +8,9 @@
    ASE calculator's graph), and the virial is the model's strain derivative.
 
    Otherwise, on the CPU with a model file of the compiled operators (compute_exchange, the
-   default): ghosts to r_max + skin, edges ending on local atoms, and between layers the ghosts'
-   node features are replaced by their owners' through LAMMPS' forward communication
+   default): ghosts to r_max + skin, edges ending on local atoms (pairs of local atoms both
+   ways, then ghost -> local one way: no message to a ghost is computed, the radial functions
+   run once per pair or one-way edge), and between layers the ghosts' node features are replaced by their owners' through LAMMPS' forward communication
    (pack/unpack_forward_comm), their gradients added to the owners' by the reverse
    communication, inside the model's backward pass (torch.ops.openmace.halo_exchange calls
    forward() and reverse() below; openmace/model/halo.py). Each rank computes node updates of
@@ -308,11 +309,14 @@ void PairOpenMACE::add_results(const torch::Tensor &energy, const torch::Tensor 
 
 // The edges of every pair closer than r_max in the neighbour lists of ilist[0..count) that
 // keep(i, j) accepts (each pair once): sender j -> receiver i for every pair, then the reverse
-// in the same order (the model then evaluates its radial functions once per pair)
-template <typename Keep>
-static torch::Tensor pair_edges(NeighList *list, int count, double **x, double r_max, Keep keep)
+// in the same order (the model then evaluates its radial functions once per pair). Pairs that
+// one_way(i, j) marks come after those, as the single edge j -> i (the model reads this layout
+// as pairs then one-way edges: openmace.data.graph.paired_edges)
+template <typename Keep, typename OneWay>
+static torch::Tensor pair_edges(NeighList *list, int count, double **x, double r_max, Keep keep,
+                                OneWay one_way)
 {
-  std::vector<int64_t> first, second;
+  std::vector<int64_t> first, second, to, from;
   const double cut2 = r_max * r_max;
   for (int ii = 0; ii < count; ii++) {
     const int i = list->ilist[ii];
@@ -322,21 +326,35 @@ static torch::Tensor pair_edges(NeighList *list, int count, double **x, double r
       if (!keep(i, j)) continue;
       const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
       if (dx * dx + dy * dy + dz * dz < cut2) {
-        first.push_back(i);
-        second.push_back(j);
+        auto &a = one_way(i, j) ? to : first;
+        auto &b = one_way(i, j) ? from : second;
+        a.push_back(i);
+        b.push_back(j);
       }
     }
   }
   const int64_t pairs = static_cast<int64_t>(first.size());
-  auto edge_index = torch::empty({2, 2 * pairs}, torch::kInt64);
-  int64_t *senders = edge_index.data_ptr<int64_t>(), *receivers = senders + 2 * pairs;
+  const int64_t single = static_cast<int64_t>(to.size());
+  const int64_t edges = 2 * pairs + single;
+  auto edge_index = torch::empty({2, edges}, torch::kInt64);
+  int64_t *senders = edge_index.data_ptr<int64_t>(), *receivers = senders + edges;
   for (int64_t p = 0; p < pairs; p++) {
     senders[p] = second[p];
     receivers[p] = first[p];
     senders[pairs + p] = first[p];
     receivers[pairs + p] = second[p];
   }
+  for (int64_t p = 0; p < single; p++) {
+    senders[2 * pairs + p] = from[p];
+    receivers[2 * pairs + p] = to[p];
+  }
   return edge_index;
+}
+
+template <typename Keep>
+static torch::Tensor pair_edges(NeighList *list, int count, double **x, double r_max, Keep keep)
+{
+  return pair_edges(list, count, x, r_max, keep, [](int, int) { return false; });
 }
 
 // the atomic numbers of atoms 0..n-1 (from their LAMMPS types)
@@ -447,7 +465,7 @@ void PairOpenMACE::compute_ghosts()
 }
 
 // Any number of ranks, CPU: ghosts to r_max + skin; the edges of every pair closer than r_max
-// with a local atom (local pairs once, then reversed); the model replaces the ghosts' node
+// with a local atom (local pairs once, then reversed, then ghost -> local); the model replaces the ghosts' node
 // features by their owners' before every layer after the first, through forward() and
 // reverse() below (openmace/model/halo.py)
 void PairOpenMACE::compute_exchange()
@@ -455,9 +473,11 @@ void PairOpenMACE::compute_exchange()
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
   double **x = atom->x;
-  // a local pair from the lower index's list; a pair with a ghost from the local atom's
-  const auto edge_index = pair_edges(list, list->inum, x, r_max_,
-                                     [&](int i, int j) { return !(j < nlocal && j < i); });
+  // a local pair from the lower index's list, both ways; a pair with a ghost from the local
+  // atom's, one way (ghost -> local: the model computes node updates of local atoms only)
+  const auto edge_index = pair_edges(
+      list, list->inum, x, r_max_, [&](int i, int j) { return !(j < nlocal && j < i); },
+      [&](int, int j) { return j >= nlocal; });
   const auto numbers = atomic_numbers(nall);
   auto owners = torch::full({nall}, -1, torch::kInt64);  // -1: from LAMMPS' communication
   int64_t *o = owners.data_ptr<int64_t>();

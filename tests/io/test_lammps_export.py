@@ -24,9 +24,7 @@ def explicit_images(atoms, r_max: float):
     _, j, shift = neighbor_list("ijS", atoms, 2.5 * r_max)
     images = sorted({(int(jj), *map(int, s)) for jj, s in zip(j, shift) if any(s)})
     cell = atoms.cell.array
-    pos = [atoms.positions] + [
-        (atoms.positions[k] + np.array(s) @ cell)[None] for k, *s in images
-    ]
+    pos = [atoms.positions] + [(atoms.positions[k] + np.array(s) @ cell)[None] for k, *s in images]
     positions = np.concatenate(pos)
     numbers = np.concatenate([atoms.numbers, [atoms.numbers[k] for k, *_ in images]])
     d = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
@@ -62,10 +60,12 @@ def test_exported_file_gives_the_eager_numbers_for_the_local_atoms(operators, tm
     assert zipfile.is_zipfile(path)
 
 
-def images_within(atoms, shell: float):
+def images_within(atoms, shell: float, one_way: bool = False):
     """The cell's atoms, then their periodic images within ``shell`` of the cell (as LAMMPS'
     ghosts with the default communication cutoff), the owner of each, and every pair closer
-    than r_max with at least one atom of the cell, both directions (reversed halves)."""
+    than r_max with at least one atom of the cell, both directions (reversed halves); with
+    ``one_way`` (what the plugin sends): the pairs of two cell atoms both ways, then the
+    edges from images to cell atoms only."""
     from ase.neighborlist import neighbor_list
 
     r_max = 3.0
@@ -82,6 +82,12 @@ def images_within(atoms, shell: float):
     keep = (first < n) & ((second >= n) | (first < second))  # each pair once
     first, second = first[keep], second[keep]
     edge_index = np.stack([np.concatenate([second, first]), np.concatenate([first, second])])
+    if one_way:
+        own = second < n
+        first, second, f, s = first[own], second[own], first[~own], second[~own]
+        edge_index = np.stack(
+            [np.concatenate([second, first, s]), np.concatenate([first, second, f])]
+        )
     return (
         torch.tensor(positions),
         torch.tensor(atoms.numbers[owners]),
@@ -98,10 +104,11 @@ BLOCKS = {
 }
 
 
+@pytest.mark.parametrize("one_way", [False, True], ids=["both_ways", "one_way"])
 @pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("operators", [True, False], ids=["operators", "reference"])
 def test_exchange_gives_the_calculator_numbers_with_ghosts_to_r_max_only(
-    operators, block, tmp_path
+    operators, block, one_way, tmp_path
 ):
     """Three layers, ghosts to r_max: exact only because the ghosts' node features are their
     owners' between layers (with the ghost-shell forward, the same atoms give other numbers)."""
@@ -112,7 +119,7 @@ def test_exchange_gives_the_calculator_numbers_with_ghosts_to_r_max_only(
     )
     atoms = triclinic_cell() * (2, 1, 1)
     scripted = torch.jit.load(str(export_lammps(model, tmp_path / "m.pt", operators=operators)))
-    positions, numbers, edge_index, owners = images_within(atoms, 3.0)
+    positions, numbers, edge_index, owners = images_within(atoms, 3.0, one_way)
     out = scripted.exchange(positions, numbers, edge_index, len(atoms), owners)
     atoms.calc = MACECalculator(model=model, dtype="float64")
     assert abs(out["energy"].item() - atoms.get_potential_energy()) < 1e-12
@@ -124,6 +131,50 @@ def test_exchange_gives_the_calculator_numbers_with_ghosts_to_r_max_only(
     np.testing.assert_allclose(forces.numpy(), atoms.get_forces(), rtol=0, atol=1e-12)
     shell_only = scripted(positions, numbers, edge_index, len(atoms))
     assert abs(shell_only["energy"].item() - atoms.get_potential_energy()) > 1e-6
+
+
+@pytest.mark.parametrize("block", ["standard", "nonlinear"])
+def test_one_way_edges_of_a_domain_take_one_radial_row_each(block, monkeypatch):
+    """A domain's edges as the plugin sends them (own pairs both ways, then edges from copies
+    one way): radial features once per own pair and once per one-way edge, the numbers of the
+    both-ways layout."""
+    model = make_model(hidden_irreps="8x0e+8x1o", r_max=3.0, **BLOCKS[block])
+    atoms = triclinic_cell() * (2, 1, 1)
+    n = len(atoms)
+    rows = []
+    original = type(model).radial_features
+    monkeypatch.setattr(
+        type(model),
+        "radial_features",
+        lambda self, lengths, *a: rows.append(lengths.shape[0]) or original(self, lengths, *a),
+    )
+    results = []
+    for one_way in (False, True):
+        positions, numbers, edge_index, owners = images_within(atoms, 3.0, one_way)
+        positions.requires_grad_(True)
+        _, node_energy = model.energy(
+            positions,
+            numbers,
+            positions.new_zeros((1, 3, 3)),
+            edge_index,
+            positions.new_zeros((edge_index.shape[1], 3)),
+            torch.zeros(len(positions), dtype=torch.long),
+            1,
+            owners=owners,
+            num_local=n,
+        )
+        (grad,) = torch.autograd.grad(node_energy[:n].sum(), positions)
+        results.append((node_energy[:n].detach(), grad))
+        receiver = edge_index[1]
+        own_pairs = int(((edge_index[0] < n) & (receiver < n)).sum()) // 2
+        one_way_edges = int((edge_index[0] >= n).sum())
+        if one_way:  # each own pair and each edge from a copy once
+            assert rows[-1] == own_pairs + one_way_edges
+            assert edge_index.shape[1] == 2 * own_pairs + one_way_edges
+        else:
+            assert rows[-1] == edge_index.shape[1] // 2
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=0, atol=1e-12)
 
 
 def test_multi_head_models_are_refused_with_advice(tmp_path):

@@ -29,7 +29,16 @@ def test_second_half_by_parity_equals_direct_harmonics():
     assert not grad_paired[13:].any()
 
 
-def test_unpaired_vectors_ignore_a_wrong_pair_count():
+def test_pairs_then_one_way_vectors_equal_direct_harmonics():
+    """A LAMMPS domain's layout: P pairs, their reverses, then vectors that come once."""
+    torch.manual_seed(1)
+    sh = SphericalHarmonics(3, dtype=torch.float64)
+    half, rest = torch.randn(5, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    vectors = torch.cat([half, -half, rest])
+    torch.testing.assert_close(sh(vectors, pairs=5), sh(vectors), rtol=0, atol=1e-15)
+
+
+def test_more_pairs_than_vectors_allow_is_the_direct_evaluation():
     sh = SphericalHarmonics(2, dtype=torch.float64)
     vectors = torch.randn(7, 3, dtype=torch.float64)
-    torch.testing.assert_close(sh(vectors, pairs=3), sh(vectors), rtol=0, atol=0)
+    torch.testing.assert_close(sh(vectors, pairs=4), sh(vectors), rtol=0, atol=0)

@@ -7,7 +7,10 @@ atom's own image in a neighbouring cell is a neighbour, the atom itself is not).
 Edge order: the graphs built here list every pair once, then the same pairs reversed in the same
 order (edge ``e + H`` is edge ``e`` backwards, with the opposite shift). An edge and its reverse
 have the same length, so the model evaluates the radial features and the radial MLP once per pair
-(:func:`paired_edges`); any other order is valid too and gets one evaluation per edge.
+(:func:`paired_edges`); any other order is valid too and gets one evaluation per edge. The
+general form, ``P`` pairs, their ``P`` reverses, then edges that come once (a LAMMPS domain),
+has ``P + (E - 2P)`` radial rows (:func:`radial_rows`): from ``R`` rows and ``E`` edges,
+``P = E - R``.
 """
 
 from __future__ import annotations
@@ -91,17 +94,36 @@ def neighbour_list(
     return np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([s, -s])
 
 
-def paired_edges(edge_index: torch.Tensor, unit_shifts: torch.Tensor) -> int:
-    """``H`` if edge ``e + H`` is edge ``e`` reversed for every ``e < H`` (with ``2H`` edges),
-    else 0 (also for no edges)."""
+def paired_edges(edge_index: torch.Tensor, unit_shifts: torch.Tensor, pairs: int = -1) -> int:
+    """``P`` if edge ``e + P`` is edge ``e`` reversed (opposite shift) for every ``e < P``, else
+    0 (also for no edges). The edges from ``2P`` on then come once each (a LAMMPS domain: pairs
+    of its own atoms both ways, edges from copies of other ranks' atoms one way). ``pairs``:
+    the ``P`` to check; default half of the edges (all of them in reversed halves, as the
+    graphs built here)."""
     num_edges = edge_index.shape[1]
-    if num_edges == 0 or num_edges % 2 == 1:
+    if pairs < 0:
+        if num_edges % 2 == 1:
+            return 0
+        pairs = num_edges // 2
+    if pairs == 0 or 2 * pairs > num_edges:
         return 0
-    half = num_edges // 2
-    reversed_ok = torch.equal(edge_index[:, half:], edge_index[:, :half].flip(0))
-    if reversed_ok and torch.equal(unit_shifts[half:], -unit_shifts[:half]):
-        return half
+    first, second = edge_index[:, :pairs], edge_index[:, pairs : 2 * pairs]
+    if torch.equal(second, first.flip(0)) and torch.equal(
+        unit_shifts[pairs : 2 * pairs], -unit_shifts[:pairs]
+    ):
+        return pairs
     return 0
+
+
+def radial_rows(values: torch.Tensor, pairs: int) -> torch.Tensor:
+    """Per-edge ``values`` → one row per pair and per unpaired edge: rows ``0..P`` of the
+    first ``P`` edges (their reverses share them), then the edges from ``2P`` on
+    (:func:`paired_edges`)."""
+    if pairs == 0:
+        return values
+    if 2 * pairs == values.shape[0]:
+        return values[:pairs]
+    return torch.cat([values[:pairs], values[2 * pairs :]])
 
 
 def graph_from_arrays(

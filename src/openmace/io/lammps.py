@@ -69,10 +69,12 @@ class _RankAtoms(nn.Module):
         num_local: int,
         owners: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        """As :meth:`forward` with ghosts only out to r_max: the edges end on local atoms (or
-        come in reversed pairs), and before every layer after the first the ghosts' node
-        features are their owners' (``owners`` [n]: k for a local atom; the owner's index, or
-        -1 where LAMMPS' communication supplies them: :mod:`openmace.model.halo`)."""
+        """As :meth:`forward` with ghosts only out to r_max: the edges end on local atoms
+        (pairs of local atoms both ways, then ghost -> local edges one way, as the plugin
+        sends them; or all pairs in reversed halves), and before every layer after the first
+        the ghosts' node features are their owners' (``owners`` [n]: k for a local atom; the
+        owner's index, or -1 where LAMMPS' communication supplies them:
+        :mod:`openmace.model.halo`)."""
         return self._local_energy(positions, atomic_numbers, edge_index, num_local, owners)
 
     def _local_energy(

@@ -179,10 +179,21 @@ class Gate(nn.Module):
         return torch.cat(out, dim=-1)
 
 
+def _rows(t: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
+    """Rows ``start:stop`` of ``t`` (to the end for ``stop = -1``), or None."""
+    if t is None:
+        return None
+    return t[start:] if stop < 0 else t[start:stop]
+
+
 def _paired_rows(rows: torch.Tensor, num_edges: int) -> torch.Tensor:
-    """Per-edge values from per-radial-row values (the second half of paired edges repeats
-    the first)."""
-    return rows if rows.shape[0] == num_edges else torch.cat([rows, rows], dim=0)
+    """Per-edge values from per-radial-row values: with ``R`` rows and ``E`` edges, the first
+    ``P = E - R`` rows serve the ``P`` paired edges and again their reverses, the rest one
+    edge each (:func:`openmace.data.graph.radial_rows` is the inverse)."""
+    pairs = num_edges - rows.shape[0]
+    if pairs == 0:
+        return rows
+    return torch.cat([rows[:pairs], rows], dim=0)
 
 
 class InteractionBlock(nn.Module):
@@ -330,7 +341,16 @@ class InteractionBlock(nn.Module):
             if cutoff is not None:
                 cutoff = _paired_rows(cutoff, num_edges)
         xt = x.transpose(1, 2).contiguous()  # [n, dim_edge, c_edge]: channels last for edges
-        pooled = self.messages(xt, sh, radial, sender, receiver, cutoff)
+        pairs = num_edges - radial.shape[0]  # paired edges, then (a domain) one-way edges
+        if pairs == 0 or 2 * pairs == num_edges:
+            pooled = self.messages(xt, sh, radial, sender, receiver, cutoff)
+        else:  # each part is either paired or not, as the implementations expect
+            p2 = 2 * pairs
+            pooled = self.messages(
+                xt, sh[:p2], radial[:pairs], sender[:p2], receiver[:p2], _rows(cutoff, 0, pairs)
+            ) + self.messages(
+                xt, sh[p2:], radial[pairs:], sender[p2:], receiver[p2:], _rows(cutoff, pairs, -1)
+            )
         density = self._density(radial, cutoff, receiver, num_nodes, num_edges)
         if local != num_nodes:
             pooled, x = pooled[:local], x[:local]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from openmace.data.graph import Graph, paired_edges
+from openmace.data.graph import Graph, paired_edges, radial_rows
 from openmace.model.config import MACEConfig
 from openmace.model.derivatives import apply_strain, energy_derivatives
 from openmace.model.halo import HaloExchange
@@ -395,10 +395,13 @@ class MACE(nn.Module):
         # features (and the radial MLPs of the interactions) and spherical harmonics once per
         # pair when the edges come in reversed halves
         pairs = paired_edges(edge_index, unit_shifts)
+        if pairs == 0 and owners is not None:  # a domain: own pairs both ways, then one-way
+            pairs = paired_edges(edge_index, unit_shifts, int((sender < num_local).sum()) // 2)
         sh = self.spherical_harmonics(vectors, pairs)
-        rows = lengths[:pairs] if pairs > 0 else lengths
         radial, cutoff = self.radial_features(
-            rows, atomic_numbers[sender[: rows.shape[0]]], atomic_numbers[receiver[: rows.shape[0]]]
+            radial_rows(lengths, pairs),
+            atomic_numbers[radial_rows(sender, pairs)],
+            atomic_numbers[radial_rows(receiver, pairs)],
         )
 
         num_atoms = positions.shape[0]

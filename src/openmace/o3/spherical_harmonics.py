@@ -16,11 +16,12 @@ from torch import nn
 class SphericalHarmonics(nn.Module):
     """``Y_l^m(r̂)`` for ``l = 0..lmax`` of ``vectors [n, 3]`` → ``[n, (lmax + 1)^2]``.
 
-    ``pairs = H > 0``: vector ``e + H`` is vector ``e`` negated for every ``e < H`` (edges in
-    reversed halves, :func:`openmace.data.graph.paired_edges`); the harmonics of the first half
-    are computed and the second half follows by parity, ``Y_l(-r̂) = (-1)^l Y_l(r̂)``: half the
-    work, the same numbers (each ``Y_l`` is a homogeneous polynomial of degree ``l`` in the
-    unit vector's components), gradients through the first half's vectors."""
+    ``pairs = P > 0``: vector ``e + P`` is vector ``e`` negated for every ``e < P`` (edges in
+    reversed halves, or pairs then one-way edges: :func:`openmace.data.graph.paired_edges`);
+    the harmonics of the first ``P`` and of the vectors from ``2P`` on are computed and the
+    reverses follow by parity, ``Y_l(-r̂) = (-1)^l Y_l(r̂)``: the same numbers (each ``Y_l`` is
+    a homogeneous polynomial of degree ``l`` in the unit vector's components), gradients
+    through the first ``P`` vectors."""
 
     def __init__(self, lmax: int, dtype: torch.dtype | None = None) -> None:
         super().__init__()
@@ -31,7 +32,11 @@ class SphericalHarmonics(nn.Module):
         self.register_buffer("parity", torch.tensor(signs, dtype=dtype), persistent=False)
 
     def forward(self, vectors: torch.Tensor, pairs: int = 0) -> torch.Tensor:
-        if pairs <= 0 or 2 * pairs != vectors.shape[0]:
+        if pairs <= 0 or 2 * pairs > vectors.shape[0]:
             return self.harmonics(vectors)
-        half = self.harmonics(vectors[:pairs])
-        return torch.cat([half, half * self.parity.to(half.dtype)])
+        if 2 * pairs == vectors.shape[0]:
+            half = self.harmonics(vectors[:pairs])
+            return torch.cat([half, half * self.parity.to(half.dtype)])
+        rows = self.harmonics(torch.cat([vectors[:pairs], vectors[2 * pairs :]]))
+        half = rows[:pairs]
+        return torch.cat([half, half * self.parity.to(half.dtype), rows[pairs:]])
