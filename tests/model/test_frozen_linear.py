@@ -145,5 +145,28 @@ def test_inference_copy_swaps_every_linear_map_and_keeps_the_state_dict():
     assert fast.state_dict().keys() == model.state_dict().keys()
     for key, value in model.state_dict().items():
         assert torch.equal(fast.state_dict()[key], value)
-    # the TorchScript and LAMMPS implementations keep the reference maps
+    # the TorchScript export keeps the reference maps; the LAMMPS implementation swaps them
     assert EquivariantLinear in {type(m) for m in for_inference(model, "reference").modules()}
+    assert FrozenLinear in {type(m) for m in for_inference(model, "operators").modules()}
+
+
+def test_scripted_frozen_maps_equal_the_reference():
+    """The LAMMPS model file scripts the swaps: expanded weights per call, autograd products."""
+    irreps_in, irreps_out = LINEAR_CASES["mixed_multiplicity"]
+    torch.manual_seed(5)
+    linear = EquivariantLinear(irreps_in, irreps_out, 6, dtype=torch.float64).requires_grad_(False)
+    element = ElementLinear([S, V, T], 4, [S, V], 6, 5, dtype=torch.float64)
+    element.requires_grad_(False)
+    scripted_linear = torch.jit.script(FrozenLinear(linear))
+    scripted_element = torch.jit.script(FrozenElementLinear(element))
+    blocks = blocks_for(irreps_in)
+    torch.testing.assert_close(scripted_linear(blocks), linear(blocks), rtol=0, atol=1e-13)
+    for shuffled in (False, True):
+        species, groups = element_case(shuffled, elements=[1, 4])
+        x = torch.randn(species.shape[0], 4, 9, dtype=torch.float64, requires_grad=True)
+        expected, got = element(x, groups), scripted_element(x, groups)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-13)
+        weight = torch.randn(expected.shape, dtype=torch.float64)
+        (grad_ref,) = torch.autograd.grad((expected * weight).sum(), x)
+        (grad,) = torch.autograd.grad((got * weight).sum(), x)
+        torch.testing.assert_close(grad, grad_ref, rtol=0, atol=1e-13)

@@ -22,7 +22,7 @@ reference (``openmace.model``)              swap (``openmace.accel``)
 ``EquivariantLinear``, ``ElementLinear``    :class:`~openmace.accel.linear.FrozenLinear`,
 (eq. 9 and 12, the linear maps)             :class:`~openmace.accel.linear.FrozenElementLinear`
                                             (all components in one batched product; not for
-                                            ``"reference"`` and ``"operators"``)
+                                            ``"reference"``)
 ==========================================  ==================================================
 
 ``implementation``:
@@ -139,16 +139,19 @@ def for_inference(model: MACE, implementation: str = "auto") -> MACE:
         interaction.messages = inference_messages(interaction.messages, implementation)
     for product in frozen.products:
         product.contraction = inference_contraction(product.contraction, implementation)
-    if implementation not in ("reference", "operators"):  # what TorchScript scripts keeps them
+    if implementation != "reference":  # plain operations: what the TorchScript export scripts
         swap_linear_maps(frozen)
     return frozen
 
 
 def swap_linear_maps(model: nn.Module) -> None:
     """Every :class:`EquivariantLinear` and :class:`ElementLinear` in ``model`` swapped, in
-    place, for its frozen form (:mod:`openmace.accel.linear`; parameters shared)."""
+    place, for its frozen form (:mod:`openmace.accel.linear`; parameters shared). A map
+    without a path (zero output) stays as it is."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
+            if not getattr(child, "paths", True):
+                continue
             if type(child) is EquivariantLinear:
                 setattr(parent, name, FrozenLinear(child))
             elif type(child) is ElementLinear:
