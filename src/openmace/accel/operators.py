@@ -17,11 +17,9 @@ kernels; second derivatives are refused by the operators (use the ``"reference"`
 CPU tensors only, float32 or float64.
 """
 
-
 import torch
 from torch import nn
 
-from openmace.accel.messages import FUSED_CHUNK_BYTES
 from openmace.model.interaction import EdgeMessages
 from openmace.model.product import SymmetricContraction
 from openmace.o3 import ElementGroups
@@ -79,17 +77,21 @@ class FusedOperatorMessages(OperatorMessages):
 
     def __init__(self, reference: EdgeMessages) -> None:
         super().__init__(reference)
-        scaled = [(w * w.shape[0] ** -0.5).detach() for w in reference.radial_mlp.weights]
+        # fan-in normalisation and the activation's scale folded into the weights:
+        # act(z) W = silu(z) (s W), so the operator's activation is the plain SiLU
+        mlp = reference.radial_mlp
+        scales = [1.0] + [float(mlp.act.scale)] * (len(mlp.weights) - 1)
+        scaled = [(w * (w.shape[0] ** -0.5 * s)).detach() for w, s in zip(mlp.weights, scales)]
         hidden = [w.reshape(-1) for w in scaled[:-1]]
         flat = torch.cat(hidden) if hidden else scaled[-1].new_zeros(0)
         self.register_buffer("hidden_weights", flat.clone(), persistent=False)
         self.register_buffer("last_matrix", scaled[-1].clone(), persistent=False)
-        self.sizes: list[int] = list(reference.radial_mlp.sizes)
-        self.act_scale = float(reference.radial_mlp.act.scale)
-        # radial rows per chunk: FUSED_CHUNK_BYTES of weights, as the calculator's compiled
-        # path (0: all rows at once; tests set a few)
-        width_bytes = self.last_matrix.shape[1] * self.last_matrix.element_size()
-        self.chunk_rows = max(1, FUSED_CHUNK_BYTES // width_bytes)
+        self.sizes: list[int] = list(mlp.sizes)
+        self.act_scale = 1.0
+        # 0: the operator keeps the radial weights for the backward pass when they take at most
+        # KEEP_WEIGHTS_BYTES, else makes them in chunks of FUSED_CHUNK_BYTES, forward and again
+        # backward (both constants as the calculator's compiled path); tests set a few rows
+        self.chunk_rows = 0
 
     def forward(
         self,

@@ -77,10 +77,10 @@ class PooledMessages : public torch::autograd::Function<PooledMessages> {
   }
 };
 
-// radial rows per chunk (chunk > 0; the caller sizes it), or all rows in one (chunk <= 0)
-int64_t fused_rows(int64_t rows, int64_t chunk) {
-  return chunk > 0 ? chunk : std::max<int64_t>(1, rows);
-}
+// radial weights up to this size are kept from the forward pass, larger ones made in chunks of
+// FUSED_CHUNK_BYTES (the constants of openmace/accel/messages.py)
+constexpr int64_t KEEP_WEIGHTS_BYTES = int64_t(1) << 30;
+constexpr int64_t FUSED_CHUNK_BYTES = int64_t(64) << 20;
 
 // The radial MLP of plain layers (bias-free, normalised SiLU between layers; weights already
 // scaled by 1/sqrt(fan_in)): hidden [rows, sizes[l]] pre-activations are kept, the wide last
@@ -99,7 +99,10 @@ struct RadialMLP {
       offset += n;
     }
   }
-  Tensor act(const Tensor& pre) const { return torch::silu(pre) * act_scale; }
+  // the activation's scale is folded into the next layer's weights when it is 1 here
+  Tensor act(const Tensor& pre) const {
+    return act_scale == 1.0 ? torch::silu(pre) : torch::silu(pre) * act_scale;
+  }
   // the last layer's input for rows [a, b): act(last pre-activation) (or the radial features),
   // times the envelope when there is one
   Tensor last_input(const std::vector<Tensor>& pre, const Tensor& radial, const Tensor& cutoff,
@@ -129,7 +132,15 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
       h = mlp.act(pre.back());
     }
     const int64_t rows = radial.size(0), c = x.size(2), paths = last.size(1) / c;
-    const int64_t parts = edge_parts(rows), chunk = fused_rows(rows, chunk_rows);
+    const int64_t parts = edge_parts(rows);
+    // chunk_rows 0 (the model files): all radial weights in one chunk, kept for the backward
+    // pass, when they fit in KEEP_WEIGHTS_BYTES (as the calculator's compiled path), else
+    // chunks of FUSED_CHUNK_BYTES recomputed there; chunk_rows > 0: chunks of that many rows
+    const int64_t width_bytes = last.size(1) * x.element_size();
+    const bool keep = chunk_rows > 0 ? chunk_rows >= rows : rows * width_bytes <= KEEP_WEIGHTS_BYTES;
+    const int64_t chunk = keep ? std::max<int64_t>(1, rows)
+                               : chunk_rows > 0 ? chunk_rows
+                                                : std::max<int64_t>(1, FUSED_CHUNK_BYTES / width_bytes);
     auto pooled = x.new_zeros({parts, x.size(0), slot_path.size(0), c});
     auto buffer = x.new_empty({std::min(chunk, rows), last.size(1)});
     for (int64_t a = 0; a < rows; a += chunk) {
@@ -144,6 +155,7 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
                               nz_val};
     saved.insert(saved.end(), pre.begin(), pre.end());
     ctx->save_for_backward(saved);
+    if (keep) ctx->saved_data["weights"] = buffer;
     ctx->saved_data["sizes"] = sizes;
     ctx->saved_data["act_scale"] = act_scale;
     ctx->saved_data["half"] = half;
@@ -166,13 +178,15 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
     auto grad_sh = torch::zeros_like(sh);
     auto grad_h = x.new_empty({rows, last.size(0)});  // of the last layer's input
     const auto grad_pooled = grads[0].contiguous();
-    auto buffer = x.new_empty({std::min(chunk, rows), last.size(1)});
+    const bool kept = ctx->saved_data.count("weights") > 0;  // the whole weights, one chunk
+    auto buffer = kept ? ctx->saved_data["weights"].toTensor()
+                       : x.new_empty({std::min(chunk, rows), last.size(1)});
     auto grad_buffer = torch::empty_like(buffer);  // written by the kernel
     for (int64_t a = 0; a < rows; a += chunk) {
       const int64_t b = std::min(a + chunk, rows);
       auto weights = buffer.narrow(0, 0, b - a);
       auto grad_weights = grad_buffer.narrow(0, 0, b - a);
-      at::mm_out(weights, mlp.last_input(pre, radial, cutoff, a, b), last);
+      if (!kept) at::mm_out(weights, mlp.last_input(pre, radial, cutoff, a, b), last);
       pooled_backward(grad_x, grad_sh, grad_weights.view({b - a, paths, c}), x, sh,
                       weights.view({b - a, paths, c}), s[4], s[5], a, half, s[8], s[9], s[10],
                       s[11], s[12], grad_pooled);
@@ -186,7 +200,8 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
       grad_h = grad_h * cutoff;
     }
     for (int64_t l = static_cast<int64_t>(mlp.hidden.size()) - 1; l >= 0; --l) {
-      const auto grad_pre = at::silu_backward(grad_h, pre[l]) * mlp.act_scale;
+      auto grad_pre = at::silu_backward(grad_h, pre[l]);
+      if (mlp.act_scale != 1.0) grad_pre = grad_pre * mlp.act_scale;
       grad_h = torch::mm(grad_pre, mlp.hidden[l].t());
     }
     return {parts == 1 ? grad_x[0] : grad_x.sum(0), grad_sh, grad_h, grad_cutoff, Tensor(),
