@@ -10,9 +10,9 @@
    Otherwise, on the CPU with a model file of the compiled operators (compute_exchange, the
    default): ghosts to r_max + skin, edges ending on local atoms (pairs of local atoms both
    ways, then ghost -> local one way: no message to a ghost is computed, the radial functions
-   run once per pair or one-way edge), and between layers the ghosts' node features are replaced by their owners' through LAMMPS' forward communication
-   (pack/unpack_forward_comm), their gradients added to the owners' by the reverse
-   communication, inside the model's backward pass (torch.ops.openmace.halo_exchange calls
+   run once per pair or one-way edge), and between layers the ghosts' node features are
+   replaced by their owners' through LAMMPS' forward communication (pack/unpack_forward_comm),
+   their gradients added to the owners' by the reverse communication, inside the model's backward pass (torch.ops.openmace.halo_exchange calls
    forward() and reverse() below; openmace/model/halo.py). Each rank computes node updates of
    its own atoms only. Energy of local atoms, forces on local and ghost atoms, virial by fdotr
    as in the ghost shell below; fdotr stays exact because every exchanged feature is a
@@ -326,10 +326,9 @@ static torch::Tensor pair_edges(NeighList *list, int count, double **x, double r
       if (!keep(i, j)) continue;
       const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
       if (dx * dx + dy * dy + dz * dz < cut2) {
-        auto &a = one_way(i, j) ? to : first;
-        auto &b = one_way(i, j) ? from : second;
-        a.push_back(i);
-        b.push_back(j);
+        const bool single = one_way(i, j);
+        (single ? to : first).push_back(i);
+        (single ? from : second).push_back(j);
       }
     }
   }
@@ -465,9 +464,9 @@ void PairOpenMACE::compute_ghosts()
 }
 
 // Any number of ranks, CPU: ghosts to r_max + skin; the edges of every pair closer than r_max
-// with a local atom (local pairs once, then reversed, then ghost -> local); the model replaces the ghosts' node
-// features by their owners' before every layer after the first, through forward() and
-// reverse() below (openmace/model/halo.py)
+// with a local atom (local pairs once, then reversed, then ghost -> local); the model replaces
+// the ghosts' node features by their owners' before every layer after the first, through
+// forward() and reverse() below (openmace/model/halo.py)
 void PairOpenMACE::compute_exchange()
 {
   const int nlocal = atom->nlocal;

@@ -70,6 +70,14 @@ def test_frozen_linear_second_derivatives(case):
     assert torch.autograd.gradgradcheck(fn, blocks)
 
 
+def assert_same_input_gradient(expected, got, x) -> None:
+    """The gradients of a random projection of both outputs with respect to ``x`` agree."""
+    weight = torch.randn(expected.shape, dtype=torch.float64)
+    (grad_ref,) = torch.autograd.grad((expected * weight).sum(), x)
+    (grad,) = torch.autograd.grad((got * weight).sum(), x)
+    torch.testing.assert_close(grad, grad_ref, rtol=0, atol=1e-13)
+
+
 def element_case(shuffled: bool, elements: list[int], n: int = 11, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     species = torch.tensor(elements, dtype=torch.long)[
@@ -103,10 +111,7 @@ def test_frozen_element_linear_equals_reference(shuffled, irreps):
     )
     expected, got = reference(x, groups), frozen(x, groups)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-13)
-    weight = torch.randn(expected.shape, dtype=torch.float64)
-    (grad_ref,) = torch.autograd.grad((expected * weight).sum(), x)
-    (grad,) = torch.autograd.grad((got * weight).sum(), x)
-    torch.testing.assert_close(grad, grad_ref, rtol=0, atol=1e-13)
+    assert_same_input_gradient(expected, got, x)
     # expanded weights only for the elements present
     assert sorted(frozen._expanded) == [0, 2, 3]
     assert torch.autograd.gradgradcheck(lambda y: frozen(y, groups).pow(2).sum(1), (x,))
@@ -166,7 +171,4 @@ def test_scripted_frozen_maps_equal_the_reference():
         x = torch.randn(species.shape[0], 4, 9, dtype=torch.float64, requires_grad=True)
         expected, got = element(x, groups), scripted_element(x, groups)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-13)
-        weight = torch.randn(expected.shape, dtype=torch.float64)
-        (grad_ref,) = torch.autograd.grad((expected * weight).sum(), x)
-        (grad,) = torch.autograd.grad((got * weight).sum(), x)
-        torch.testing.assert_close(grad, grad_ref, rtol=0, atol=1e-13)
+        assert_same_input_gradient(expected, got, x)

@@ -137,10 +137,11 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
     // pass, when they fit in KEEP_WEIGHTS_BYTES (as the calculator's compiled path), else
     // chunks of FUSED_CHUNK_BYTES recomputed there; chunk_rows > 0: chunks of that many rows
     const int64_t width_bytes = last.size(1) * x.element_size();
-    const bool keep = chunk_rows > 0 ? chunk_rows >= rows : rows * width_bytes <= KEEP_WEIGHTS_BYTES;
-    const int64_t chunk = keep ? std::max<int64_t>(1, rows)
-                               : chunk_rows > 0 ? chunk_rows
-                                                : std::max<int64_t>(1, FUSED_CHUNK_BYTES / width_bytes);
+    const int64_t rows_per_chunk =
+        chunk_rows > 0 ? chunk_rows : std::max<int64_t>(1, FUSED_CHUNK_BYTES / width_bytes);
+    const bool keep =
+        chunk_rows > 0 ? chunk_rows >= rows : rows * width_bytes <= KEEP_WEIGHTS_BYTES;
+    const int64_t chunk = keep ? std::max<int64_t>(1, rows) : rows_per_chunk;
     auto pooled = x.new_zeros({parts, x.size(0), slot_path.size(0), c});
     auto buffer = x.new_empty({std::min(chunk, rows), last.size(1)});
     for (int64_t a = 0; a < rows; a += chunk) {
