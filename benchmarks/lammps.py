@@ -22,12 +22,13 @@ holds mace-torch's ``model.model`` (the foundation look-alikes of
 
 Prints one table: ms per step, atom-steps/s, LAMMPS 1 rank / calculator, the MPI speed-up
 (1 rank × 1 thread / 2 ranks × 1 thread: twice the cores), peak memory, and the energies at
-step 0 (LAMMPS - calculator; 2 ranks - 1 rank).
+step 0 (the total; LAMMPS - calculator; 2 ranks - 1 rank) and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -92,8 +93,6 @@ def calculator_in_child(*args):
 
 def mace_torch_ms(args, atoms: ase.Atoms, dtype: str, folder: Path) -> dict:
     """mace-torch's calculator on ``atoms`` (``mace_torch_worker.py time``): ms, peak MB."""
-    import os
-
     xyz = folder / "mace.xyz"
     ase.io.write(xyz, atoms)
     worker = Path(__file__).resolve().parent / "mace_torch_worker.py"
@@ -180,7 +179,7 @@ def main() -> None:
                     two, e_two, two_mb = lammps_ms(*run, 2, 1, args.steps, args.comm)
                     rows.append(
                         f"| {dtype} | {n} | - | - | - | {two:.1f} | - | - | {n / two * 1e3:.0f} "
-                        f"| - | - | - | - | {two_mb:.0f} | - | - |"
+                        f"| - | - | - | - | {two_mb:.0f} | {e_two:.6g} | - | - |"
                     )
                     print(rows[-1], flush=True)
                     continue
@@ -195,7 +194,7 @@ def main() -> None:
                     f"| {dtype} | {n} | {calc:.1f} | {one:.1f} | {single:.1f} | {two:.1f} | "
                     f"{n / calc * 1e3:.0f} | {n / one * 1e3:.0f} | {n / two * 1e3:.0f} | "
                     f"{one / calc:.2f} | {single / two:.2f} | {calc_mb:.0f} | {one_mb:.0f} | "
-                    f"{two_mb:.0f} | {e_one - e_calc:.1e} | {e_two - e_one:.1e} |"
+                    f"{two_mb:.0f} | {e_calc:.6g} | {e_one - e_calc:.1e} | {e_two - e_one:.1e} |"
                 )
                 if mace is not None and "error" in mace:
                     rows[-1] += f" {mace['error']} | - | - | - |"
@@ -213,11 +212,12 @@ def main() -> None:
         "| dtype | atoms | calculator ms | LAMMPS 1 rank ms | 1 x 1 ms | 2 x 1 ms"
         " | calc atom-steps/s | 1 rank atom-steps/s | 2 x 1 atom-steps/s | 1 rank / calc"
         " | MPI speed-up 1x1 / 2x1 |"
-        " calc MB | 1 rank MB | 2 ranks MB | E LAMMPS - calc eV | E 2 - 1 ranks eV |"
+        " calc MB | 1 rank MB | 2 ranks MB | E eV | E LAMMPS - calc eV | E 2 - 1 ranks eV |"
     )
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.mace_python:
         print("(then: mace-torch ms | mace-torch atom-steps/s | mace-torch / LAMMPS 1 rank | MB)")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * 17 + "|")
     print("\n".join(rows))
 
 

@@ -136,10 +136,13 @@ def plugin_key() -> str:
     """Hash of the plugin's sources and the versions it is built against."""
     import torch
 
+    from openmace.kernels.limits import definitions
+
     kernels = Path(__file__).resolve().parent / "kernels"
     files = [*sorted(PLUGIN_SOURCES.glob("*")), *sorted(kernels.glob("*.[ch]*"))]
     texts = [p.read_bytes() for p in files if p.is_file()]
-    stamp = [lammps_version(), torch.__version__, sys.version, *map(repr, texts)]
+    stamp = [lammps_version(), torch.__version__, sys.version, repr(definitions())]
+    stamp += map(repr, texts)
     return hashlib.sha256("\0".join(stamp).encode()).hexdigest()[:16]
 
 
@@ -148,6 +151,8 @@ def build_plugin(folder: Path | None = None, jobs: int | None = None) -> Path:
     path of ``openmaceplugin.so``. Output of CMake goes to ``build.log`` in the build
     folder; a failure raises :class:`LammpsUnavailable` naming it."""
     import torch
+
+    from openmace.kernels.limits import definitions
 
     if not (PLUGIN_SOURCES / "CMakeLists.txt").exists():
         raise LammpsUnavailable(
@@ -174,6 +179,7 @@ def build_plugin(folder: Path | None = None, jobs: int | None = None) -> Path:
         f"-DTorch_DIR={Path(torch.__file__).parent / 'share' / 'cmake' / 'Torch'}",
         f"-DOPENMACE_LAMMPS_VERSION={lammps_version()}",
         f"-DOPENMACE_MPI_ROOT={mpi_root}",
+        *(f"-D{name}={value}" for name, value in definitions().items()),
     ]
     compile_ = [_cmake(), "--build", str(build), "-j", str(jobs or os.cpu_count() or 1)]
     log_path = folder / "build.log"

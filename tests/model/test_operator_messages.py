@@ -1,6 +1,7 @@
 """The PyTorch-operator swap (what the LAMMPS model file runs) gives the autograd path's
 energies, forces and stress; where the radial MLP is plain, its wide last layer runs inside
-``openmace::pooled_messages_last`` chunk by chunk (here a few rows per chunk)."""
+``openmace::pooled_messages_mlp`` chunk by chunk (here a few rows per chunk, the weights kept or
+made again in the backward pass)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ VARIANTS = {
 }
 
 
-@pytest.mark.parametrize("chunk_rows", [0, 7])
+@pytest.mark.parametrize("chunk_rows", [0, 7, -7])  # whole; chunks; kept, gradient in chunks
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_operators_equal_the_autograd_path(variant, chunk_rows):
     if not compiler_available():

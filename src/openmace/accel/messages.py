@@ -39,6 +39,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from openmace.kernels.limits import FUSED_CHUNK_BYTES, KEEP_WEIGHTS_BYTES
 from openmace.model.interaction import EdgeMessages, pair_offsets
 from openmace.model.radial import MLP, LayerNormMLP
 from openmace.o3 import irreps_dim
@@ -183,15 +184,6 @@ def _sum_by_path(tp: MessagePlan, slots: torch.Tensor, out: torch.Tensor) -> Non
 # measurements"). Other devices use the module's (large) edge_chunk.
 CACHE_CHUNK_BYTES = 3 << 20
 MIN_CHUNK_EDGES = 128
-
-# the radial weights [edges, paths · channels] are kept from the forward pass when they take at
-# most this much memory, and recomputed from the kept last hidden layer otherwise
-KEEP_WEIGHTS_BYTES = 1 << 30
-
-
-# radial weights of one chunk of radial rows in the compiled-kernel path when they are not all
-# kept (more than KEEP_WEIGHTS_BYTES)
-FUSED_CHUNK_BYTES = 64 << 20
 
 
 # memory for the compiled kernels' per-thread scatter copies beyond the second copy: on many

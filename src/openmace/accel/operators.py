@@ -90,7 +90,9 @@ class FusedOperatorMessages(OperatorMessages):
         self.act_scale = 1.0
         # 0: the operator keeps the radial weights for the backward pass when they take at most
         # KEEP_WEIGHTS_BYTES, else makes them in chunks of FUSED_CHUNK_BYTES, forward and again
-        # backward (both constants as the calculator's compiled path); tests set a few rows
+        # backward; their gradient is made in such chunks either way (openmace.kernels.limits,
+        # as the calculator's compiled path). Tests set a few rows: > 0 chunks of that many rows
+        # not kept, < 0 kept and the gradient in chunks of that many rows
         self.chunk_rows = 0
 
     def forward(

@@ -25,13 +25,20 @@ from types import ModuleType
 
 import torch
 
+from openmace.kernels.limits import definitions
+
 log = logging.getLogger(__name__)
 
 SOURCES = [
     Path(__file__).with_name(name)
     for name in ("bindings.cpp", "edge_messages.cpp", "contraction.cpp", "ops.cpp", "kernels.h")
 ]
-FLAGS = ["-O3", "-march=native", "-fopenmp"]  # OpenMP: at::parallel_for is inlined
+FLAGS = [
+    "-O3",
+    "-march=native",
+    "-fopenmp",  # OpenMP: at::parallel_for is inlined
+    *(f"-D{name}={value}" for name, value in definitions().items()),
+]
 
 # a build takes ~1 minute on 2 cores; a lock file this old belongs to a killed build
 STALE_LOCK_SECONDS = 900

@@ -78,9 +78,12 @@ class PooledMessages : public torch::autograd::Function<PooledMessages> {
 };
 
 // radial weights up to this size are kept from the forward pass, larger ones made in chunks of
-// FUSED_CHUNK_BYTES (the constants of openmace/accel/messages.py)
-constexpr int64_t KEEP_WEIGHTS_BYTES = int64_t(1) << 30;
-constexpr int64_t FUSED_CHUNK_BYTES = int64_t(64) << 20;
+// FUSED_CHUNK_BYTES: declared in openmace/kernels/limits.py, given to both builds as -D flags
+#if !defined(OPENMACE_KEEP_WEIGHTS_BYTES) || !defined(OPENMACE_FUSED_CHUNK_BYTES)
+#error "build with the definitions of openmace.kernels.limits.definitions()"
+#endif
+constexpr int64_t KEEP_WEIGHTS_BYTES = int64_t(OPENMACE_KEEP_WEIGHTS_BYTES);
+constexpr int64_t FUSED_CHUNK_BYTES = int64_t(OPENMACE_FUSED_CHUNK_BYTES);
 
 // The radial MLP of plain layers (bias-free, normalised SiLU between layers; weights already
 // scaled by 1/sqrt(fan_in)): hidden [rows, sizes[l]] pre-activations are kept, the wide last
@@ -133,14 +136,16 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
     }
     const int64_t rows = radial.size(0), c = x.size(2), paths = last.size(1) / c;
     const int64_t parts = edge_parts(rows);
-    // chunk_rows 0 (the model files): all radial weights in one chunk, kept for the backward
-    // pass, when they fit in KEEP_WEIGHTS_BYTES (as the calculator's compiled path), else
-    // chunks of FUSED_CHUNK_BYTES recomputed there; chunk_rows > 0: chunks of that many rows
+    // chunk_rows 0 (the model files): all radial weights made in one piece and kept for the
+    // backward pass when they fit in KEEP_WEIGHTS_BYTES (as the calculator's compiled path),
+    // else made in chunks of FUSED_CHUNK_BYTES, forward and again backward; either way the
+    // backward pass makes their gradient chunk by chunk (one chunk's buffer). Tests: chunk_rows
+    // > 0 chunks of that many rows, not kept; < 0 kept, backward chunks of -chunk_rows rows.
     const int64_t width_bytes = last.size(1) * x.element_size();
-    const int64_t rows_per_chunk =
-        chunk_rows > 0 ? chunk_rows : std::max<int64_t>(1, FUSED_CHUNK_BYTES / width_bytes);
-    const bool keep =
-        chunk_rows > 0 ? chunk_rows >= rows : rows * width_bytes <= KEEP_WEIGHTS_BYTES;
+    const int64_t rows_per_chunk = chunk_rows != 0
+                                       ? std::abs(chunk_rows)
+                                       : std::max<int64_t>(1, FUSED_CHUNK_BYTES / width_bytes);
+    const bool keep = chunk_rows != 0 ? chunk_rows < 0 : rows * width_bytes <= KEEP_WEIGHTS_BYTES;
     const int64_t chunk = keep ? std::max<int64_t>(1, rows) : rows_per_chunk;
     auto pooled = x.new_zeros({parts, x.size(0), slot_path.size(0), c});
     auto buffer = x.new_empty({std::min(chunk, rows), last.size(1)});
@@ -160,7 +165,7 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
     ctx->saved_data["sizes"] = sizes;
     ctx->saved_data["act_scale"] = act_scale;
     ctx->saved_data["half"] = half;
-    ctx->saved_data["chunk"] = chunk;
+    ctx->saved_data["chunk"] = rows_per_chunk;
     return parts == 1 ? pooled[0] : pooled.sum(0);
   }
 
@@ -179,13 +184,16 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
     auto grad_sh = torch::zeros_like(sh);
     auto grad_h = x.new_empty({rows, last.size(0)});  // of the last layer's input
     const auto grad_pooled = grads[0].contiguous();
-    const bool kept = ctx->saved_data.count("weights") > 0;  // the whole weights, one chunk
+    const bool kept = ctx->saved_data.count("weights") > 0;  // the whole weights
+    const int64_t rows_in_buffer = std::max<int64_t>(1, std::min(chunk, rows));
     auto buffer = kept ? ctx->saved_data["weights"].toTensor()
-                       : x.new_empty({std::min(chunk, rows), last.size(1)});
-    auto grad_buffer = torch::empty_like(buffer);  // written by the kernel
+                       : x.new_empty({rows_in_buffer, last.size(1)});
+    // one chunk's gradient of the weights, written by the kernel: a whole [rows, paths * c]
+    // gradient would double the kept weights' memory
+    auto grad_buffer = x.new_empty({rows_in_buffer, last.size(1)});
     for (int64_t a = 0; a < rows; a += chunk) {
       const int64_t b = std::min(a + chunk, rows);
-      auto weights = buffer.narrow(0, 0, b - a);
+      auto weights = buffer.narrow(0, kept ? a : 0, b - a);
       auto grad_weights = grad_buffer.narrow(0, 0, b - a);
       if (!kept) at::mm_out(weights, mlp.last_input(pre, radial, cutoff, a, b), last);
       pooled_backward(grad_x, grad_sh, grad_weights.view({b - a, paths, c}), x, sh,
