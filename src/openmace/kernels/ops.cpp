@@ -85,6 +85,21 @@ class PooledMessages : public torch::autograd::Function<PooledMessages> {
 constexpr int64_t KEEP_WEIGHTS_BYTES = int64_t(OPENMACE_KEEP_WEIGHTS_BYTES);
 constexpr int64_t FUSED_CHUNK_BYTES = int64_t(OPENMACE_FUSED_CHUNK_BYTES);
 
+// A [rows, cols] buffer of the calling thread, kept from call to call (slot 0: radial weights
+// made and consumed within one pass, slot 1: their gradient), as _scratch in
+// openmace/accel/messages.py: a fresh buffer of FUSED_CHUNK_BYTES is mapped by the allocator and
+// page-faulted in again at every call (16 000 faults per layer and step). Never saved for the
+// backward pass: its contents are dead when the pass that wrote them returns.
+Tensor scratch(int slot, const Tensor& like, int64_t rows, int64_t cols) {
+  thread_local Tensor buffers[2];
+  Tensor& buffer = buffers[slot];
+  const int64_t numel = rows * cols;
+  if (!buffer.defined() || buffer.scalar_type() != like.scalar_type() ||
+      buffer.device() != like.device() || buffer.numel() < numel)
+    buffer = torch::empty({numel}, like.options());
+  return buffer.narrow(0, 0, numel).view({rows, cols});
+}
+
 // The radial MLP of plain layers (bias-free, normalised SiLU between layers; weights already
 // scaled by 1/sqrt(fan_in)): hidden [rows, sizes[l]] pre-activations are kept, the wide last
 // layer's output [rows, paths * c] is made chunk by chunk and consumed by the edge kernels.
@@ -148,7 +163,9 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
     const bool keep = chunk_rows != 0 ? chunk_rows < 0 : rows * width_bytes <= KEEP_WEIGHTS_BYTES;
     const int64_t chunk = keep ? std::max<int64_t>(1, rows) : rows_per_chunk;
     auto pooled = x.new_zeros({parts, x.size(0), slot_path.size(0), c});
-    auto buffer = x.new_empty({std::min(chunk, rows), last.size(1)});
+    const int64_t rows_in_buffer = std::max<int64_t>(1, std::min(chunk, rows));
+    auto buffer = keep ? x.new_empty({rows_in_buffer, last.size(1)})
+                       : scratch(0, x, rows_in_buffer, last.size(1));
     for (int64_t a = 0; a < rows; a += chunk) {
       const int64_t b = std::min(a + chunk, rows);
       auto weights = buffer.narrow(0, 0, b - a);
@@ -187,10 +204,10 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
     const bool kept = ctx->saved_data.count("weights") > 0;  // the whole weights
     const int64_t rows_in_buffer = std::max<int64_t>(1, std::min(chunk, rows));
     auto buffer = kept ? ctx->saved_data["weights"].toTensor()
-                       : x.new_empty({rows_in_buffer, last.size(1)});
+                       : scratch(0, x, rows_in_buffer, last.size(1));
     // one chunk's gradient of the weights, written by the kernel: a whole [rows, paths * c]
     // gradient would double the kept weights' memory
-    auto grad_buffer = x.new_empty({rows_in_buffer, last.size(1)});
+    auto grad_buffer = scratch(1, x, rows_in_buffer, last.size(1));
     for (int64_t a = 0; a < rows; a += chunk) {
       const int64_t b = std::min(a + chunk, rows);
       auto weights = buffer.narrow(0, kept ? a : 0, b - a);
