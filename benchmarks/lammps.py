@@ -139,7 +139,10 @@ run {steps}
         sys.exit(done.stdout[-2000:] + done.stderr[-2000:])
     loops = re.findall(r"Loop time of ([0-9.eE+-]+) on", done.stdout)
     energy = float(re.findall(r"^\s+0\s+(\S+)", done.stdout, re.M)[0])
-    peak = sum(int(kb) for kb in re.findall(r"MAXRSS_KB (\d+)", done.stderr)) / 1024
+    peaks = re.findall(r"MAXRSS_KB (\d+)", done.stderr)
+    # a rank's line is sometimes lost when MPICH ends the run (seen on 2 ranks): NaN, not a sum
+    # over fewer ranks
+    peak = sum(int(kb) for kb in peaks) / 1024 if len(peaks) == ranks else float("nan")
     return 1000 * float(loops[-1]) / steps, energy, peak
 
 

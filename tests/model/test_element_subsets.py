@@ -57,8 +57,10 @@ def test_reference_contracts_the_present_elements_only():
     groups = element_groups(species, NUM_ELEMENTS)
     a = torch.randn(len(species), 5, sc.dim)
     assert tuple(sc.contract_weights([1, 4]).shape[:2]) == (2, 5)
+    # not bit for bit: the BLAS may block a product of 2 elements differently from one of 6
+    # (AMD EPYC with MKL's zen kernels: 2.8e-17 apart)
     torch.testing.assert_close(
-        sc.contract_weights([1, 4]), sc.contract_weights()[[1, 4]], rtol=0, atol=0
+        sc.contract_weights([1, 4]), sc.contract_weights()[[1, 4]], rtol=1e-13, atol=1e-16
     )
     out = sc(a, groups)
     torch.testing.assert_close(out, all_elements(sc, a, groups), rtol=0, atol=1e-13)
