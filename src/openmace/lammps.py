@@ -136,12 +136,12 @@ def plugin_key() -> str:
     """Hash of the plugin's sources and the versions it is built against."""
     import torch
 
-    from openmace.kernels.limits import definitions
+    from openmace.kernels.limits import definition_flags
 
     kernels = Path(__file__).resolve().parent / "kernels"
     files = [*sorted(PLUGIN_SOURCES.glob("*")), *sorted(kernels.glob("*.[ch]*"))]
     texts = [p.read_bytes() for p in files if p.is_file()]
-    stamp = [lammps_version(), torch.__version__, sys.version, repr(definitions())]
+    stamp = [lammps_version(), torch.__version__, sys.version, *definition_flags()]
     stamp += map(repr, texts)
     return hashlib.sha256("\0".join(stamp).encode()).hexdigest()[:16]
 
@@ -152,7 +152,7 @@ def build_plugin(folder: Path | None = None, jobs: int | None = None) -> Path:
     folder; a failure raises :class:`LammpsUnavailable` naming it."""
     import torch
 
-    from openmace.kernels.limits import definitions
+    from openmace.kernels.limits import definition_flags
 
     if not (PLUGIN_SOURCES / "CMakeLists.txt").exists():
         raise LammpsUnavailable(
@@ -179,7 +179,7 @@ def build_plugin(folder: Path | None = None, jobs: int | None = None) -> Path:
         f"-DTorch_DIR={Path(torch.__file__).parent / 'share' / 'cmake' / 'Torch'}",
         f"-DOPENMACE_LAMMPS_VERSION={lammps_version()}",
         f"-DOPENMACE_MPI_ROOT={mpi_root}",
-        *(f"-D{name}={value}" for name, value in definitions().items()),
+        *definition_flags(),
     ]
     compile_ = [_cmake(), "--build", str(build), "-j", str(jobs or os.cpu_count() or 1)]
     log_path = folder / "build.log"

@@ -25,7 +25,7 @@ from types import ModuleType
 
 import torch
 
-from openmace.kernels.limits import definitions
+from openmace.kernels.limits import definition_flags
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ FLAGS = [
     "-O3",
     "-march=native",
     "-fopenmp",  # OpenMP: at::parallel_for is inlined
-    *(f"-D{name}={value}" for name, value in definitions().items()),
+    *definition_flags(),
 ]
 
 # a build takes ~1 minute on 2 cores; a lock file this old belongs to a killed build

@@ -1,7 +1,7 @@
 """Memory limits shared by the compiled kernels and their Python callers (one declaration).
 
-``ops.cpp`` reads them as the preprocessor definitions :func:`definitions` gives, in both builds
-of the kernels (``openmace.kernels`` for Python, the LAMMPS plugin's CMake for libtorch).
+``ops.cpp`` reads them as the preprocessor definitions :func:`definition_flags` gives, in both
+builds of the kernels (``openmace.kernels`` for Python, the LAMMPS plugin's CMake for libtorch).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ KEEP_WEIGHTS_BYTES = 1 << 30
 FUSED_CHUNK_BYTES = 64 << 20
 
 
-def definitions() -> dict[str, int]:
-    """The limits as the C++ sources name them (``-DNAME=VALUE``)."""
-    return {
-        "OPENMACE_KEEP_WEIGHTS_BYTES": KEEP_WEIGHTS_BYTES,
-        "OPENMACE_FUSED_CHUNK_BYTES": FUSED_CHUNK_BYTES,
-    }
+def definition_flags() -> list[str]:
+    """The limits as ``-DNAME=VALUE`` flags with the names the C++ sources use (compiler and
+    CMake flags alike)."""
+    return [
+        f"-DOPENMACE_KEEP_WEIGHTS_BYTES={KEEP_WEIGHTS_BYTES}",
+        f"-DOPENMACE_FUSED_CHUNK_BYTES={FUSED_CHUNK_BYTES}",
+    ]

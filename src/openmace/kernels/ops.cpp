@@ -80,7 +80,7 @@ class PooledMessages : public torch::autograd::Function<PooledMessages> {
 // radial weights up to this size are kept from the forward pass, larger ones made in chunks of
 // FUSED_CHUNK_BYTES: declared in openmace/kernels/limits.py, given to both builds as -D flags
 #if !defined(OPENMACE_KEEP_WEIGHTS_BYTES) || !defined(OPENMACE_FUSED_CHUNK_BYTES)
-#error "build with the definitions of openmace.kernels.limits.definitions()"
+#error "build with openmace.kernels.limits.definition_flags()"
 #endif
 constexpr int64_t KEEP_WEIGHTS_BYTES = int64_t(OPENMACE_KEEP_WEIGHTS_BYTES);
 constexpr int64_t FUSED_CHUNK_BYTES = int64_t(OPENMACE_FUSED_CHUNK_BYTES);
