@@ -71,7 +71,7 @@
 using namespace LAMMPS_NS;
 
 // the lammps.txt format this plugin reads; openmace.io.lammps.INTERFACE_VERSION writes it
-static constexpr int INTERFACE_VERSION = 3;
+static constexpr int INTERFACE_VERSION = 4;
 
 PairOpenMACE::PairOpenMACE(LAMMPS *lmp) : Pair(lmp)
 {

@@ -65,5 +65,14 @@ def test_compiled_kernels_refuse_edges_outside_the_atoms():
     good = torch.tensor([0, 1, 2, 0])
     compiled.pooled_forward(pooled, x, sh, w, good, good, 0, 0, *tp.sparse_cg())
     bad = torch.tensor([0, 1, 3, 0])
-    with pytest.raises(RuntimeError, match="joins atoms outside"):
+    with pytest.raises(RuntimeError, match="to an atom outside the receivers 0..2"):
         compiled.pooled_forward(pooled, x, sh, w, good, bad, 0, 0, *tp.sparse_cg())
+    with pytest.raises(RuntimeError, match="from an atom outside 0..2"):
+        compiled.pooled_forward(pooled, x, sh, w, bad, good, 0, 0, *tp.sparse_cg())
+    # rows for the first 2 atoms only (a domain's own atoms): an edge into atom 2 is refused
+    own = torch.zeros(1, 2, tp.dim_mid, c)
+    with pytest.raises(RuntimeError, match="to an atom outside the receivers 0..1"):
+        compiled.pooled_forward(own, x, sh, w, good, good, 0, 0, *tp.sparse_cg())
+    # pairs beyond the edges: the reverse of a pair would be read past the end
+    with pytest.raises(RuntimeError, match="radial rows out of range"):
+        compiled.pooled_forward(pooled, x, sh, w, good, good, 0, 1, *tp.sparse_cg())

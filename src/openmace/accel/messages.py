@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from openmace.kernels.limits import FUSED_CHUNK_BYTES, KEEP_WEIGHTS_BYTES
-from openmace.model.interaction import EdgeMessages, pair_offsets
+from openmace.model.interaction import EdgeMessages, edge_segments, receiver_rows
 from openmace.model.radial import MLP, LayerNormMLP
 from openmace.o3 import irreps_dim
 
@@ -240,7 +240,7 @@ def _fused_backward(plan, grad_pooled, x, sh, radial, sender, receiver, all_weig
     """Gradients with respect to (x, Y, radial features) through the compiled kernels."""
     tp, kernels = plan, plan.kernels
     num_radial, c = radial.shape[0], x.shape[2]
-    half = pair_offsets(num_radial, sh.shape[0])[-1]
+    pairs = sh.shape[0] - num_radial  # edges 0..2P paired, the rest one way (edge_segments)
     width = tp.num_paths * c
     # cache-friendly chunks whose weight gradient lives in a scratch buffer kept per thread
     chunk = _fused_rows(x, width)
@@ -270,7 +270,7 @@ def _fused_backward(plan, grad_pooled, x, sh, radial, sender, receiver, all_weig
             sender,
             receiver,
             a,
-            half,
+            pairs,
             *tp.sparse_cg,
             grad_pooled,
         )
@@ -295,8 +295,9 @@ def _chunk_edges(plan: MessagePlan, x: torch.Tensor) -> int:
 
 
 class PooledMessages(torch.autograd.Function):
-    """``(x [n, dim_in, c], Y [e, dim_sh], radial [e or e/2, nb]) → pooled [n, dim_mid, c]``
-    (``e/2`` radial rows: edge ``i + e/2`` is edge ``i`` reversed and shares its radial weights).
+    """``(x [n, dim_in, c], Y [e, dim_sh], radial [rows, nb]) → pooled [receivers, dim_mid, c]``
+    (all ``n`` atoms for ``receivers`` -1; with ``P = e - rows`` > 0 edge ``i + P`` is edge ``i``
+    reversed for ``i < P`` and shares its radial weights: :func:`edge_segments`).
     """
 
     @staticmethod
@@ -308,17 +309,17 @@ class PooledMessages(torch.autograd.Function):
         sender: torch.Tensor,
         receiver: torch.Tensor,
         plan: MessagePlan,
+        receivers: int = -1,
     ) -> torch.Tensor:
         tp = plan
-        n, dim_in, c = x.shape
-        num_radial, width = radial.shape[0], tp.num_paths * c
-        offsets = pair_offsets(num_radial, sh.shape[0])
+        c = x.shape[2]
+        num_radial, num_edges, width = radial.shape[0], sh.shape[0], tp.num_paths * c
         kernels = plan.kernels
         if kernels is not None:  # the kernels read raw memory: dense row-major inputs
             sh, sender, receiver = sh.contiguous(), sender.contiguous(), receiver.contiguous()
         # the compiled kernels scatter into one copy per thread, summed after the last chunk
         parts = _scatter_copies(x, tp.dim_mid, num_radial) if kernels is not None else 1
-        pooled = x.new_zeros((parts, n, tp.dim_mid, c))
+        pooled = x.new_zeros((parts, receiver_rows(receivers, x), tp.dim_mid, c))
         # the MLP's hidden pre-activations (and its output while small) for the backward pass
         kept = [x.new_empty((num_radial, w.shape[1])) for w in plan.mlp_weights[:-1]]
         keep_weights = num_radial * width * x.element_size() <= KEEP_WEIGHTS_BYTES
@@ -341,19 +342,21 @@ class PooledMessages(torch.autograd.Function):
             weights = _forward_keeping(plan, radial[a:b], [z[a:b] for z in kept], out)
             weights = weights.view(b - a, tp.num_paths, c)
             if kernels is not None:
+                pairs = num_edges - num_radial
                 kernels.pooled_forward(
-                    pooled, x, sh, weights, sender, receiver, a, offsets[-1], *tp.sparse_cg
+                    pooled, x, sh, weights, sender, receiver, a, pairs, *tp.sparse_cg
                 )
                 continue
             work = _workspace(plan, x, chunk)
-            for offset in offsets:  # the chunk's edges, then their reverses if paired
-                e0, e1 = a + offset, b + offset
-                _, _, product = _coupled(tp, x, sh[e0:e1], sender[e0:e1], work, b - a)
-                _scale_by_path(tp, product, weights)
+            for r0, r1, offset, _ in edge_segments(a, b, num_radial, num_edges):
+                e0, e1 = r0 + offset, r1 + offset
+                _, _, product = _coupled(tp, x, sh[e0:e1], sender[e0:e1], work, r1 - r0)
+                _scale_by_path(tp, product, weights[r0 - a : r1 - a])
                 pooled[0].index_add_(0, receiver[e0:e1], product)
         pooled = pooled[0] if parts == 1 else pooled.sum(0)
         ctx.save_for_backward(x, sh, radial, sender, receiver, all_weights, *kept)
         ctx.plan = plan
+        ctx.receivers = receivers
         return pooled
 
     @staticmethod
@@ -363,16 +366,15 @@ class PooledMessages(torch.autograd.Function):
         chunk = _chunk_edges(plan, x)
         if torch.is_grad_enabled():  # a second derivative is wanted: recompute with autograd
             grads = _autograd_backward(ctx, x, sh, radial, sender, receiver, grad_pooled)
-            return (*grads, None, None, None)
+            return (*grads, None, None, None, None)
         if plan.kernels is not None:
             grads = _fused_backward(
                 plan, grad_pooled, x, sh, radial, sender, receiver, all_weights, kept
             )
-            return (*grads, None, None, None)
+            return (*grads, None, None, None, None)
         need_x, need_sh, need_radial = ctx.needs_input_grad[:3]
         n, dim_in, c = x.shape
         num_radial, mid = radial.shape[0], tp.dim_mid
-        offsets = pair_offsets(num_radial, sh.shape[0])
         grad_pooled = grad_pooled.contiguous()
         grad_x = torch.zeros_like(x) if need_x else None
         grad_sh = torch.empty_like(sh) if need_sh else None
@@ -387,42 +389,44 @@ class PooledMessages(torch.autograd.Function):
                 weights = _chunk_weights(plan, kept, radial, a, b)
             weights = weights.view(k, tp.num_paths, c)
             grad_weights = work("grad_weights", k)
-            for pass_index, offset in enumerate(offsets):
-                e0, e1 = a + offset, b + offset
-                xs, coupling, product = _coupled(tp, x, sh[e0:e1], sender[e0:e1], work, k)
-                grad = torch.index_select(grad_pooled, 0, receiver[e0:e1], out=work("grad", k))
+            for r0, r1, offset, reverse in edge_segments(a, b, num_radial, sh.shape[0]):
+                e0, e1, m = r0 + offset, r1 + offset, r1 - r0
+                xs, coupling, product = _coupled(tp, x, sh[e0:e1], sender[e0:e1], work, m)
+                grad = torch.index_select(grad_pooled, 0, receiver[e0:e1], out=work("grad", m))
                 if need_radial:  # radial weights' gradient, summed over an edge and its reverse
                     product.mul_(grad)
-                    if pass_index == 0:
-                        _sum_by_path(tp, product, grad_weights)
+                    rows = grad_weights[r0 - a : r1 - a]
+                    if not reverse:
+                        _sum_by_path(tp, product, rows)
                     else:
-                        reverse = work("grad_weights_reverse", k)
-                        _sum_by_path(tp, product, reverse)
-                        grad_weights.add_(reverse)
-                _scale_by_path(tp, grad, weights)  # gradient with respect to the unweighted product
+                        summed = work("grad_weights_reverse", m)
+                        _sum_by_path(tp, product, summed)
+                        rows.add_(summed)
+                # gradient with respect to the unweighted product
+                _scale_by_path(tp, grad, weights[r0 - a : r1 - a])
                 if need_x:
                     if dim_in == 1:
                         grad_xs = torch.sum(coupling * grad, dim=1, keepdim=True)
                     else:
-                        grad_xs = torch.bmm(coupling.transpose(1, 2), grad, out=work("grad_x", k))
+                        grad_xs = torch.bmm(coupling.transpose(1, 2), grad, out=work("grad_x", m))
                     grad_x.index_add_(0, sender[e0:e1], grad_xs)
                 if need_sh:
                     grad_coupling = torch.bmm(
-                        grad, xs.transpose(1, 2), out=work("grad_coupling", k)
+                        grad, xs.transpose(1, 2), out=work("grad_coupling", m)
                     )
                     torch.mm(
-                        grad_coupling.view(k, mid * dim_in), tp.cg_matrix.t(), out=grad_sh[e0:e1]
+                        grad_coupling.view(m, mid * dim_in), tp.cg_matrix.t(), out=grad_sh[e0:e1]
                     )
             if need_radial:
                 grad_radial[a:b] = _input_gradient(
                     plan, [z[a:b] for z in kept], grad_weights.view(k, -1)
                 )
-        return grad_x, grad_sh, grad_radial, None, None, None
+        return grad_x, grad_sh, grad_radial, None, None, None, None
 
 
 def _autograd_backward(ctx, x, sh, radial, sender, receiver, grad_pooled):
     inputs = [t for t, need in zip((x, sh, radial), ctx.needs_input_grad[:3]) if need]
-    pooled = ctx.plan.fallback(x, sh, radial, sender, receiver)
+    pooled = ctx.plan.fallback(x, sh, radial, sender, receiver, receivers=ctx.receivers)
     grads = iter(torch.autograd.grad(pooled, inputs, grad_pooled, create_graph=True))
     return tuple(next(grads) if need else None for need in ctx.needs_input_grad[:3])
 
@@ -494,6 +498,7 @@ class InferenceMessages(nn.Module):
         sender: torch.Tensor,
         receiver: torch.Tensor,
         cutoff: torch.Tensor | None = None,
+        receivers: int = -1,
     ) -> torch.Tensor:
         if self.kernels is not None and x.device.type != "cpu":
             raise RuntimeError(
@@ -501,13 +506,14 @@ class InferenceMessages(nn.Module):
                 "openmace.accel.for_inference again after moving it to another device"
             )
         if cutoff is None and isinstance(self.radial_mlp, MLP):
-            return PooledMessages.apply(x, sh, radial, sender, receiver, self.plan())
+            return PooledMessages.apply(x, sh, radial, sender, receiver, self.plan(), receivers)
         split = last_layer_inputs(self.radial_mlp, radial, cutoff)
         if split is None:  # a radial MLP this swap does not know: the reference, by autograd
-            return self._reference[0](x, sh, radial, sender, receiver, cutoff)
+            return self._reference[0](x, sh, radial, sender, receiver, cutoff, receivers)
         # the narrow layers by autograd, the wide last one in the plan
         inputs, matrix = split
-        return PooledMessages.apply(x, sh, inputs, sender, receiver, self.plan(last_layer=matrix))
+        plan = self.plan(last_layer=matrix)
+        return PooledMessages.apply(x, sh, inputs, sender, receiver, plan, receivers)
 
     def working_memory(self, num_atoms: int, num_edges: int, itemsize: int) -> int:
         """Bytes kept per evaluation: per radial row the MLP's hidden layers and (up to
@@ -550,9 +556,10 @@ INFERENCE_MEMORY_FACTOR = 1.5
 COMPILED_MEMORY_FACTOR = 1.5
 
 
-def _pooled_from_last_layer(reference, matrix, x, sh, inputs, sender, receiver):
+def _pooled_from_last_layer(reference, matrix, x, sh, inputs, sender, receiver, receivers=-1):
     """The reference's pooled messages from the last layer's inputs (second derivatives)."""
-    return reference.pooled(x, sh, inputs @ matrix, sender, receiver, None, apply_mlp=False)
+    weights = inputs @ matrix
+    return reference.pooled(x, sh, weights, sender, receiver, None, False, receivers)
 
 
 def last_layer_inputs(

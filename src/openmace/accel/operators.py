@@ -46,24 +46,26 @@ class OperatorMessages(nn.Module):
         sender: torch.Tensor,
         receiver: torch.Tensor,
         cutoff: torch.Tensor | None = None,
+        receivers: int = -1,
     ) -> torch.Tensor:
         weights = self.radial_mlp(radial)
         if cutoff is not None:
             weights = weights * cutoff
         rows = weights.shape[0]
-        half = 0 if rows == sh.shape[0] else rows  # paired edges: rows for the first half
+        pairs = sh.shape[0] - rows  # paired edges, then one way (interaction.edge_segments)
         return torch.ops.openmace.pooled_messages(
             x,
             sh,
             weights.reshape(rows, self.num_paths, self.channels),
             sender,
             receiver,
-            half,
+            pairs,
             self.slot_start,
             self.slot_path,
             self.nz_sh,
             self.nz_in,
             self.nz_val,
+            receivers,
         )
 
 
@@ -103,9 +105,9 @@ class FusedOperatorMessages(OperatorMessages):
         sender: torch.Tensor,
         receiver: torch.Tensor,
         cutoff: torch.Tensor | None = None,
+        receivers: int = -1,
     ) -> torch.Tensor:
-        rows = radial.shape[0]
-        half = 0 if rows == sh.shape[0] else rows  # paired edges: rows for the first half
+        pairs = sh.shape[0] - radial.shape[0]  # paired, then one way (interaction.edge_segments)
         return torch.ops.openmace.pooled_messages_mlp(
             x,
             sh,
@@ -117,13 +119,14 @@ class FusedOperatorMessages(OperatorMessages):
             self.sizes,
             self.last_matrix,
             self.act_scale,
-            half,
+            pairs,
             self.slot_start,
             self.slot_path,
             self.nz_sh,
             self.nz_in,
             self.nz_val,
             self.chunk_rows,
+            receivers,
         )
 
 

@@ -45,7 +45,7 @@ from torch import nn
 
 from openmace.accel.messages import _scatter_copies
 from openmace.kernels import cpu_kernels
-from openmace.model.interaction import EdgeMessages, pair_offsets
+from openmace.model.interaction import EdgeMessages, receiver_rows
 
 
 class KernelPlan(NamedTuple):
@@ -54,33 +54,35 @@ class KernelPlan(NamedTuple):
     kernels: ModuleType
     sparse_cg: tuple[torch.Tensor, ...]
     dim_mid: int
+    receivers: int  # rows of the pooled messages (-1: every atom)
 
 
-def _half(w: torch.Tensor, sh: torch.Tensor) -> int:
-    return pair_offsets(w.shape[0], sh.shape[0])[-1]
+def _pairs(w: torch.Tensor, sh: torch.Tensor) -> int:
+    """Paired edges (the first ``2 P`` in reversed halves; interaction.edge_segments)."""
+    return sh.shape[0] - w.shape[0]
 
 
 def _forward(plan: KernelPlan, x, sh, w, sender, receiver) -> torch.Tensor:
-    """F: pooled messages ``[n, dim_mid, c]`` of node features ``x [n, dim_in, c]``, harmonics
-    ``sh [e, dim_sh]`` and radial weights ``w [rows, paths, c]``."""
+    """F: pooled messages ``[plan.receivers, dim_mid, c]`` (-1: all ``n``) of node features
+    ``x [n, dim_in, c]``, harmonics ``sh [e, dim_sh]`` and radial weights ``w [rows, paths, c]``."""
     x, sh, w = x.contiguous(), sh.contiguous(), w.contiguous()
     parts = _scatter_copies(x, plan.dim_mid, w.shape[0])
-    pooled = x.new_zeros((parts, x.shape[0], plan.dim_mid, x.shape[2]))
+    pooled = x.new_zeros((parts, receiver_rows(plan.receivers, x), plan.dim_mid, x.shape[2]))
     plan.kernels.pooled_forward(
-        pooled, x, sh, w, sender, receiver, 0, _half(w, sh), *plan.sparse_cg
+        pooled, x, sh, w, sender, receiver, 0, _pairs(w, sh), *plan.sparse_cg
     )
     return pooled[0] if parts == 1 else pooled.sum(0)
 
 
 def _backward(plan: KernelPlan, g, x, sh, w, sender, receiver):
-    """B: ``(∂Φ/∂x, ∂Φ/∂Y, ∂Φ/∂W)`` for the gradient ``g [n, dim_mid, c]``."""
+    """B: ``(∂Φ/∂x, ∂Φ/∂Y, ∂Φ/∂W)`` for the gradient ``g [plan.receivers, dim_mid, c]``."""
     g, x, sh, w = g.contiguous(), x.contiguous(), sh.contiguous(), w.contiguous()
     parts = _scatter_copies(x, x.shape[1], w.shape[0])
     grad_x = x.new_zeros((parts, *x.shape))
     grad_sh = torch.zeros_like(sh)
     grad_w = torch.empty_like(w)
     plan.kernels.pooled_backward(
-        grad_x, grad_sh, grad_w, x, sh, w, sender, receiver, 0, _half(w, sh), *plan.sparse_cg, g
+        grad_x, grad_sh, grad_w, x, sh, w, sender, receiver, 0, _pairs(w, sh), *plan.sparse_cg, g
     )
     return (grad_x[0] if parts == 1 else grad_x.sum(0)), grad_sh, grad_w
 
@@ -96,8 +98,9 @@ def _total(terms: list[torch.Tensor | None]) -> torch.Tensor | None:
 
 
 class KernelMessages(torch.autograd.Function):
-    """``(x [n, dim_in, c], Y [e, dim_sh], W [rows, paths, c]) → pooled [n, dim_mid, c]``
-    (``rows = e/2``: edge ``i + e/2`` is edge ``i`` reversed and shares its radial weights)."""
+    """``(x [n, dim_in, c], Y [e, dim_sh], W [rows, paths, c]) → pooled [receivers, dim_mid, c]``
+    (``P = e - rows`` > 0: edge ``i + P`` is edge ``i`` reversed for ``i < P`` and shares its
+    radial weights: interaction.edge_segments)."""
 
     @staticmethod
     def forward(ctx, x, sh, w, sender, receiver, plan: KernelPlan):  # type: ignore[override]
@@ -181,9 +184,10 @@ class TrainingMessages(nn.Module):
         sender: torch.Tensor,
         receiver: torch.Tensor,
         cutoff: torch.Tensor | None = None,
+        receivers: int = -1,
     ) -> torch.Tensor:
         if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-            return self.reference(x, sh, radial, sender, receiver, cutoff)
+            return self.reference(x, sh, radial, sender, receiver, cutoff, receivers)
         tp = self.tensor_product
         weights = self.radial_mlp(radial)
         if cutoff is not None:
@@ -191,8 +195,8 @@ class TrainingMessages(nn.Module):
         weights = weights.reshape(radial.shape[0], tp.num_paths, self.channels)
         kernels = cpu_kernels()  # built (or loaded) once per process; not kept: deep copies
         if kernels is None:
-            return self.reference(x, sh, radial, sender, receiver, cutoff)
-        plan = KernelPlan(kernels, tp.sparse_cg(), tp.dim_mid)
+            return self.reference(x, sh, radial, sender, receiver, cutoff, receivers)
+        plan = KernelPlan(kernels, tp.sparse_cg(), tp.dim_mid, receivers)
         return KernelMessages.apply(
             x, sh, weights, sender.contiguous(), receiver.contiguous(), plan
         )

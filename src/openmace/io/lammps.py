@@ -38,9 +38,11 @@ from openmace.accel import for_inference
 from openmace.io.torchscript import EXTRA_FILE, export_metadata, script_module
 from openmace.model import MACE
 
-#: version of the model interface (forward's arguments and outputs, lammps.txt); the plugin's
-#: INTERFACE_VERSION in pair_openmace.cpp must be equal
-INTERFACE_VERSION = 3
+#: version of the model interface (forward's arguments and outputs, lammps.txt, the schemas of
+#: the torch.ops.openmace operators the file calls); the plugin's INTERFACE_VERSION in
+#: pair_openmace.cpp must be equal. 4: the edge operators take the number of receiving atoms
+#: and a domain's pairs and one-way edges in one call
+INTERFACE_VERSION = 4
 LAMMPS_FILE = "lammps.txt"
 
 
@@ -110,7 +112,6 @@ class _RankAtoms(nn.Module):
             "node_energy": local.detach(),
             "forces": forces.detach(),
         }
-
 
     @torch.jit.export
     def periodic(

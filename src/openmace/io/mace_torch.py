@@ -403,9 +403,7 @@ def _convert_contraction(
         theirs = _symmetrised_polynomial(u, irrep, nu, dim)  # [K, M, n]
         key = f"{irrep_index}_{nu}"
         if key not in ours.weights:
-            if any(
-                torch.einsum("kmn,kc->cmn", theirs, w).abs().max() > 1e-12 for w in weights
-            ):
+            if any(torch.einsum("kmn,kc->cmn", theirs, w).abs().max() > 1e-12 for w in weights):
                 raise ConversionError(f"{u_key}: polynomial outside the coupling basis")
             continue
         basis = coupling_basis(ours.irreps_in, irrep, nu).coefficients  # [K', M, n]

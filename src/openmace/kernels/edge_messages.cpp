@@ -8,8 +8,11 @@
 // and gives the gradients with respect to x, Y and the radial weights w in one more pass.
 //
 // Radial rows: a call handles the rows [first, first + rows) of the radial weights (w holds
-// just those rows) and their edges: edge first + r, and, when the edges are paired (the second
-// half reverses the first, half = number of radial rows), also edge first + half + r.
+// just those rows) and their edges. The first `pairs` rows serve a pair of edges each, edge R
+// and its reverse R + pairs; the rows after them one edge each, R + pairs (pairs 0: edge R for
+// every row; all edges in reversed halves: pairs = number of rows; a LAMMPS domain: its own
+// pairs, then one-way edges from copies of other atoms). The pooled output has a row for every
+// receiver (a domain's: its own atoms, fewer than the senders).
 // Threads split the rows: each thread owns its rows' edges (so the gradients of Y and w are
 // written by one thread each) and sums the scattered outputs (pooled, the gradient of x) into a
 // private buffer that is added at the end.
@@ -40,19 +43,25 @@ struct Coupling {
 // consecutive edges then update (forward) or read (backward) one receiver's row of the pooled
 // features, which stays in the core's cache instead of being fetched from the shared cache for
 // every edge (MH-1, 64 atoms: the row is 71 x 128 channels, the scatter target 2.3-4.6 MB).
+// Positions i < r1 - r0 are each row's (first) edge, the positions after them the reverse
+// edges of the paired rows among them (which come first: rows below `pairs`).
 struct Edges {
-  int64_t first, half, r0, r1;
+  int64_t first, pairs, r0, r1, paired;
   std::vector<int64_t> order;
-  Edges(int64_t first_, int64_t half_, int64_t r0_, int64_t r1_, const int64_t* receiver)
-      : first(first_), half(half_), r0(r0_), r1(r1_), order(count()) {
+  Edges(int64_t first_, int64_t pairs_, int64_t r0_, int64_t r1_, const int64_t* receiver)
+      : first(first_), pairs(pairs_), r0(r0_), r1(r1_),
+        paired(std::clamp<int64_t>(pairs_ - first_ - r0_, 0, r1_ - r0_)), order(count()) {
     for (int64_t i = 0; i < count(); ++i) order[i] = i;
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
       return receiver[edge(a)] < receiver[edge(b)];
     });
   }
-  int64_t count() const { return half > 0 ? 2 * (r1 - r0) : r1 - r0; }
+  int64_t count() const { return r1 - r0 + paired; }
   int64_t row(int64_t i) const { return r0 + (i < r1 - r0 ? i : i - (r1 - r0)); }
-  int64_t edge(int64_t i) const { return first + row(i) + (i < r1 - r0 ? 0 : half); }
+  int64_t edge(int64_t i) const {
+    const int64_t r = first + row(i);  // the row among all the radial rows
+    return r + (i >= r1 - r0 || r >= pairs ? pairs : 0);
+  }
 };
 
 struct Shape {
@@ -240,24 +249,27 @@ Coupling coupling(const torch::Tensor& slot_start, const torch::Tensor& slot_pat
 // Runs body(edges, scatter target) for each part of the rows in parallel; part p scatters into
 // targets[p] (the caller zeroes them once per pass over all chunks and sums them at the end).
 template <typename scalar_t, typename Body>
-void over_parts(int64_t first, int64_t half, int64_t rows, const int64_t* receiver,
+void over_parts(int64_t first, int64_t pairs, int64_t rows, const int64_t* receiver,
                 torch::Tensor targets, Body body) {
   const int64_t parts = std::min<int64_t>(edge_parts(rows), targets.size(0));
   const int64_t stride = targets.numel() / targets.size(0);
   scalar_t* base = targets.data_ptr<scalar_t>();
   at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const Edges edges(first, half, rows * p / parts, rows * (p + 1) / parts, receiver);
+      const Edges edges(first, pairs, rows * p / parts, rows * (p + 1) / parts, receiver);
       body(edges, base + p * stride);
     }
   });
 }
 
+// out: the scatter targets [parts, rows, ...] (rows: x's atoms for the gradient of x, the
+// receivers for the pooled messages); receivers: the pooled messages' rows
 void check_inputs(const torch::Tensor& out, const torch::Tensor& x, const torch::Tensor& sh,
                   const torch::Tensor& w, const torch::Tensor& sender,
-                  const torch::Tensor& receiver, int64_t first, int64_t half) {
-  TORCH_CHECK(out.dim() == 4 && out.size(0) >= 1 && out.size(1) == x.size(0),
-              "edge kernels: one [atoms, ...] scatter target per part");
+                  const torch::Tensor& receiver, int64_t first, int64_t pairs,
+                  int64_t receivers) {
+  TORCH_CHECK(out.dim() == 4 && out.size(0) >= 1, "edge kernels: one scatter target per part");
+  TORCH_CHECK(receivers <= x.size(0), "edge kernels: more receivers than atoms");
   for (const auto* t : {&out, &x, &sh, &w, &sender, &receiver}) {
     TORCH_CHECK(t->is_contiguous() && t->device().is_cpu(), "edge kernels: contiguous CPU tensors");
   }
@@ -267,13 +279,15 @@ void check_inputs(const torch::Tensor& out, const torch::Tensor& x, const torch:
               "edge kernels: one floating dtype");
   const int64_t edges = sh.size(0), rows = w.size(0);
   TORCH_CHECK(sender.size(0) == edges && receiver.size(0) == edges, "edge kernels: edge count");
-  TORCH_CHECK(first >= 0 && first + rows + half <= edges && (half == 0 || first + rows <= half),
+  TORCH_CHECK(first >= 0 && pairs >= 0 && first + rows + pairs <= edges,
               "edge kernels: radial rows out of range");
   const int64_t n = x.size(0);
   const int64_t *s = sender.data_ptr<int64_t>(), *r = receiver.data_ptr<int64_t>();
   for (int64_t e = 0; e < edges; ++e) {
-    TORCH_CHECK(s[e] >= 0 && s[e] < n && r[e] >= 0 && r[e] < n,
-                "edge kernels: edge ", e, " joins atoms outside 0..", n - 1);
+    TORCH_CHECK(s[e] >= 0 && s[e] < n, "edge kernels: edge ", e, " from an atom outside 0..",
+                n - 1);
+    TORCH_CHECK(r[e] >= 0 && r[e] < receivers, "edge kernels: edge ", e,
+                " to an atom outside the receivers 0..", receivers - 1);
   }
 }
 
@@ -288,19 +302,19 @@ int64_t edge_parts(int64_t rows) {
 // pooled[p] [n, mid, c] += messages of the edges of radial rows [first, first + w.size(0)), part
 // p of them (one part per thread, at most pooled.size(0) parts; the pooled messages are the sum
 // over p); x [n, dim_in, c], sh [e, dim_sh], w [rows, paths, c]: contiguous, one floating dtype;
-// half: the number of radial rows if the edges are paired, else 0
+// pairs: paired edges (see the top of this file); pooled [parts, receivers, mid, c]
 void pooled_forward(torch::Tensor pooled, torch::Tensor x, torch::Tensor sh, torch::Tensor w,
-                    torch::Tensor sender, torch::Tensor receiver, int64_t first, int64_t half,
+                    torch::Tensor sender, torch::Tensor receiver, int64_t first, int64_t pairs,
                     torch::Tensor slot_start, torch::Tensor slot_path, torch::Tensor nz_sh,
                     torch::Tensor nz_in, torch::Tensor nz_val) {
-  check_inputs(pooled, x, sh, w, sender, receiver, first, half);
+  check_inputs(pooled, x, sh, w, sender, receiver, first, pairs, pooled.size(1));
   const Coupling cg = coupling(slot_start, slot_path, nz_sh, nz_in);
   const Shape shape{x.size(1), sh.size(1), w.size(1), x.size(2)};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pooled_forward", [&] {
     const scalar_t *xp = x.data_ptr<scalar_t>(), *shp = sh.data_ptr<scalar_t>();
     const scalar_t *wp = w.data_ptr<scalar_t>(), *val = nz_val.data_ptr<scalar_t>();
     const int64_t *snd = sender.data_ptr<int64_t>(), *rcv = receiver.data_ptr<int64_t>();
-    over_parts<scalar_t>(first, half, w.size(0), rcv, pooled, [&](const Edges& edges, scalar_t* o) {
+    over_parts<scalar_t>(first, pairs, w.size(0), rcv, pooled, [&](const Edges& edges, scalar_t* o) {
       by_blocks<scalar_t>(shape.channels, [&](int64_t c, auto block) {
         forward_block<scalar_t, decltype(block)::value>(xp, shp, wp, snd, rcv, val, cg, edges,
                                                         shape, o, c);
@@ -313,10 +327,11 @@ void pooled_forward(torch::Tensor pooled, torch::Tensor x, torch::Tensor sh, tor
 // grad_sh [e, dim_sh] +=, grad_w [rows, paths, c] = (written: its old contents do not matter)
 void pooled_backward(torch::Tensor grad_x, torch::Tensor grad_sh, torch::Tensor grad_w,
                      torch::Tensor x, torch::Tensor sh, torch::Tensor w, torch::Tensor sender,
-                     torch::Tensor receiver, int64_t first, int64_t half,
+                     torch::Tensor receiver, int64_t first, int64_t pairs,
                      torch::Tensor slot_start, torch::Tensor slot_path, torch::Tensor nz_sh,
                      torch::Tensor nz_in, torch::Tensor nz_val, torch::Tensor grad_pooled) {
-  check_inputs(grad_x, x, sh, w, sender, receiver, first, half);
+  check_inputs(grad_x, x, sh, w, sender, receiver, first, pairs, grad_pooled.size(0));
+  TORCH_CHECK(grad_x.size(1) == x.size(0), "edge kernels: one [atoms, ...] gradient per part");
   TORCH_CHECK(grad_pooled.is_contiguous() && grad_sh.is_contiguous() && grad_w.is_contiguous(),
               "edge kernels: contiguous gradients");
   const Coupling cg = coupling(slot_start, slot_path, nz_sh, nz_in);
@@ -327,7 +342,7 @@ void pooled_backward(torch::Tensor grad_x, torch::Tensor grad_sh, torch::Tensor 
     const scalar_t* gp = grad_pooled.data_ptr<scalar_t>();
     const int64_t *snd = sender.data_ptr<int64_t>(), *rcv = receiver.data_ptr<int64_t>();
     scalar_t *gy = grad_sh.data_ptr<scalar_t>(), *gw = grad_w.data_ptr<scalar_t>();
-    over_parts<scalar_t>(first, half, w.size(0), rcv, grad_x, [&](const Edges& edges, scalar_t* gx) {
+    over_parts<scalar_t>(first, pairs, w.size(0), rcv, grad_x, [&](const Edges& edges, scalar_t* gx) {
       by_blocks<scalar_t>(shape.channels, [&](int64_t c, auto block) {
         backward_block<scalar_t, decltype(block)::value>(xp, shp, wp, snd, rcv, val, cg, gp,
                                                          edges, shape, gx, gy, gw, c);

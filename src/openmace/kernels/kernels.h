@@ -9,12 +9,12 @@
 // many radial rows into
 int64_t edge_parts(int64_t rows);
 void pooled_forward(torch::Tensor pooled, torch::Tensor x, torch::Tensor sh, torch::Tensor w,
-                    torch::Tensor sender, torch::Tensor receiver, int64_t first, int64_t half,
+                    torch::Tensor sender, torch::Tensor receiver, int64_t first, int64_t pairs,
                     torch::Tensor slot_start, torch::Tensor slot_path, torch::Tensor nz_sh,
                     torch::Tensor nz_in, torch::Tensor nz_val);
 void pooled_backward(torch::Tensor grad_x, torch::Tensor grad_sh, torch::Tensor grad_w,
                      torch::Tensor x, torch::Tensor sh, torch::Tensor w, torch::Tensor sender,
-                     torch::Tensor receiver, int64_t first, int64_t half,
+                     torch::Tensor receiver, int64_t first, int64_t pairs,
                      torch::Tensor slot_start, torch::Tensor slot_path, torch::Tensor nz_sh,
                      torch::Tensor nz_in, torch::Tensor nz_val, torch::Tensor grad_pooled);
 torch::Tensor contraction_forward(torch::Tensor x, torch::Tensor species, torch::Tensor p,

@@ -1,10 +1,12 @@
 // The compiled kernels as PyTorch operators with autograd, for TorchScript:
 //
 //   torch.ops.openmace.pooled_messages(x [n, dim_in, c], sh [e, dim_sh], weights [rows, paths, c],
-//       sender [e], receiver [e], half, slot_start, slot_path, nz_sh, nz_in, nz_val) -> [n, mid, c]
+//       sender [e], receiver [e], pairs, slot_start, slot_path, nz_sh, nz_in, nz_val,
+//       receivers) -> [receivers, mid, c]
 //   torch.ops.openmace.pooled_messages_mlp(x, sh, radial [rows, nb], cutoff [rows, 1]?,
-//       sender, receiver, hidden_weights (flat), sizes, last [k, paths * c], act_scale, half,
-//       slot_start, slot_path, nz_sh, nz_in, nz_val, chunk) -> [n, mid, c]: the same with the
+//       sender, receiver, hidden_weights (flat), sizes, last [k, paths * c], act_scale, pairs,
+//       slot_start, slot_path, nz_sh, nz_in, nz_val, chunk, receivers) -> [receivers, mid, c]:
+//       the same with the
 //       weights made here by the radial MLP of plain layers (times the envelope before the
 //       last layer, when given): hidden pre-activations kept, the wide last layer's output
 //       made chunk rows at a time (the caller sizes chunks; 0: one chunk) forward and again
@@ -17,8 +19,10 @@
 //       the LAMMPS pair style's MPI communication while it has one installed (set_halo_comm),
 //       else h[owners]
 //
-// (half: the number of radial rows when the second half of the edges reverses the first, else
-// 0; the other arguments as in edge_messages.cpp and contraction.cpp.) Each is a
+// (pairs: edges 0..pairs-1 and pairs..2 pairs-1 are reversed halves sharing radial rows, the
+// edges after them one row each (0: no pairs; as in edge_messages.cpp); receivers: rows of the
+// output, every receiver below it (-1: all n atoms; a LAMMPS domain's edges end on its own
+// atoms, which come first); the other arguments as in edge_messages.cpp and contraction.cpp.) Each is a
 // torch::autograd::Function whose backward runs the hand-written backward kernel, so a scripted
 // model differentiates through them (forces, stress) in Python and in C++ (libtorch: the LAMMPS
 // plugin compiles these sources too). First derivatives only: a second derivative through them
@@ -35,6 +39,13 @@ using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
+// rows of the pooled messages: receivers, or every atom of x for -1
+int64_t output_rows(int64_t receivers, const Tensor& x) {
+  TORCH_CHECK(receivers >= -1 && receivers <= x.size(0), "openmace: receivers ", receivers,
+              " outside -1..", x.size(0));
+  return receivers < 0 ? x.size(0) : receivers;
+}
+
 void no_second_derivative(const char* what) {
   TORCH_CHECK(!torch::GradMode::is_enabled(), what,
               ": second derivatives (create_graph=True) are not available through the compiled "
@@ -44,20 +55,21 @@ void no_second_derivative(const char* what) {
 class PooledMessages : public torch::autograd::Function<PooledMessages> {
  public:
   static Tensor forward(AutogradContext* ctx, Tensor x, Tensor sh, Tensor weights,
-                        Tensor sender, Tensor receiver, int64_t half, Tensor slot_start,
-                        Tensor slot_path, Tensor nz_sh, Tensor nz_in, Tensor nz_val) {
+                        Tensor sender, Tensor receiver, int64_t pairs, Tensor slot_start,
+                        Tensor slot_path, Tensor nz_sh, Tensor nz_in, Tensor nz_val,
+                        int64_t receivers) {
     x = x.contiguous();
     sh = sh.contiguous();
     weights = weights.contiguous();
     sender = sender.contiguous();
     receiver = receiver.contiguous();
     const int64_t rows = weights.size(0), parts = edge_parts(rows);
-    auto pooled = x.new_zeros({parts, x.size(0), slot_path.size(0), x.size(2)});
-    pooled_forward(pooled, x, sh, weights, sender, receiver, 0, half, slot_start, slot_path,
+    auto pooled = x.new_zeros({parts, output_rows(receivers, x), slot_path.size(0), x.size(2)});
+    pooled_forward(pooled, x, sh, weights, sender, receiver, 0, pairs, slot_start, slot_path,
                    nz_sh, nz_in, nz_val);
     ctx->save_for_backward(
         {x, sh, weights, sender, receiver, slot_start, slot_path, nz_sh, nz_in, nz_val});
-    ctx->saved_data["half"] = half;
+    ctx->saved_data["pairs"] = pairs;
     return parts == 1 ? pooled[0] : pooled.sum(0);
   }
 
@@ -65,15 +77,15 @@ class PooledMessages : public torch::autograd::Function<PooledMessages> {
     no_second_derivative("openmace::pooled_messages");
     const auto saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &sh = saved[1], &weights = saved[2];
-    const int64_t half = ctx->saved_data["half"].toInt();
+    const int64_t pairs = ctx->saved_data["pairs"].toInt();
     const int64_t parts = edge_parts(weights.size(0));
     auto grad_x = x.new_zeros({parts, x.size(0), x.size(1), x.size(2)});
     auto grad_sh = torch::zeros_like(sh);
     auto grad_w = torch::empty_like(weights);  // written by the kernel
-    pooled_backward(grad_x, grad_sh, grad_w, x, sh, weights, saved[3], saved[4], 0, half,
+    pooled_backward(grad_x, grad_sh, grad_w, x, sh, weights, saved[3], saved[4], 0, pairs,
                     saved[5], saved[6], saved[7], saved[8], saved[9], grads[0].contiguous());
     return {parts == 1 ? grad_x[0] : grad_x.sum(0), grad_sh, grad_w, Tensor(), Tensor(),
-            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -134,9 +146,9 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
  public:
   static Tensor forward(AutogradContext* ctx, Tensor x, Tensor sh, Tensor radial,
                         Tensor cutoff, Tensor sender, Tensor receiver, Tensor hidden_weights,
-                        std::vector<int64_t> sizes, Tensor last, double act_scale, int64_t half,
+                        std::vector<int64_t> sizes, Tensor last, double act_scale, int64_t pairs,
                         Tensor slot_start, Tensor slot_path, Tensor nz_sh, Tensor nz_in,
-                        Tensor nz_val, int64_t chunk_rows) {
+                        Tensor nz_val, int64_t chunk_rows, int64_t receivers) {
     x = x.contiguous();
     sh = sh.contiguous();
     sender = sender.contiguous();
@@ -162,7 +174,7 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
                                        : std::max<int64_t>(1, FUSED_CHUNK_BYTES / width_bytes);
     const bool keep = chunk_rows != 0 ? chunk_rows < 0 : rows * width_bytes <= KEEP_WEIGHTS_BYTES;
     const int64_t chunk = keep ? std::max<int64_t>(1, rows) : rows_per_chunk;
-    auto pooled = x.new_zeros({parts, x.size(0), slot_path.size(0), c});
+    auto pooled = x.new_zeros({parts, output_rows(receivers, x), slot_path.size(0), c});
     const int64_t rows_in_buffer = std::max<int64_t>(1, std::min(chunk, rows));
     auto buffer = keep ? x.new_empty({rows_in_buffer, last.size(1)})
                        : scratch(0, x, rows_in_buffer, last.size(1));
@@ -170,7 +182,7 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
       const int64_t b = std::min(a + chunk, rows);
       auto weights = buffer.narrow(0, 0, b - a);
       at::mm_out(weights, mlp.last_input(pre, radial, cutoff, a, b), last);
-      pooled_forward(pooled, x, sh, weights.view({b - a, paths, c}), sender, receiver, a, half,
+      pooled_forward(pooled, x, sh, weights.view({b - a, paths, c}), sender, receiver, a, pairs,
                      slot_start, slot_path, nz_sh, nz_in, nz_val);
     }
     std::vector<Tensor> saved{x,         sh,        radial, cutoff, sender, receiver,
@@ -181,7 +193,7 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
     if (keep) ctx->saved_data["weights"] = buffer;
     ctx->saved_data["sizes"] = sizes;
     ctx->saved_data["act_scale"] = act_scale;
-    ctx->saved_data["half"] = half;
+    ctx->saved_data["pairs"] = pairs;
     ctx->saved_data["chunk"] = rows_per_chunk;
     return parts == 1 ? pooled[0] : pooled.sum(0);
   }
@@ -193,7 +205,7 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
     const std::vector<Tensor> pre(s.begin() + 13, s.end());
     const auto sizes = ctx->saved_data["sizes"].toIntVector();
     const RadialMLP mlp(s[6], sizes, last, ctx->saved_data["act_scale"].toDouble());
-    const int64_t half = ctx->saved_data["half"].toInt();
+    const int64_t pairs = ctx->saved_data["pairs"].toInt();
     const int64_t chunk = ctx->saved_data["chunk"].toInt();
     const int64_t rows = radial.size(0), c = x.size(2), paths = last.size(1) / c;
     const int64_t parts = edge_parts(rows);
@@ -214,7 +226,7 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
       auto grad_weights = grad_buffer.narrow(0, 0, b - a);
       if (!kept) at::mm_out(weights, mlp.last_input(pre, radial, cutoff, a, b), last);
       pooled_backward(grad_x, grad_sh, grad_weights.view({b - a, paths, c}), x, sh,
-                      weights.view({b - a, paths, c}), s[4], s[5], a, half, s[8], s[9], s[10],
+                      weights.view({b - a, paths, c}), s[4], s[5], a, pairs, s[8], s[9], s[10],
                       s[11], s[12], grad_pooled);
       auto out = grad_h.narrow(0, a, b - a);
       at::mm_out(out, grad_weights, last.t());
@@ -232,7 +244,7 @@ class PooledMessagesMLP : public torch::autograd::Function<PooledMessagesMLP> {
     }
     return {parts == 1 ? grad_x[0] : grad_x.sum(0), grad_sh, grad_h, grad_cutoff, Tensor(),
             Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor(), Tensor(), Tensor(), Tensor()};
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -307,22 +319,22 @@ class Halo : public torch::autograd::Function<Halo> {
 Tensor halo_exchange(Tensor h, Tensor owners) { return Halo::apply(h, owners); }
 
 Tensor pooled_messages(Tensor x, Tensor sh, Tensor weights, Tensor sender, Tensor receiver,
-                       int64_t half, Tensor slot_start, Tensor slot_path, Tensor nz_sh,
-                       Tensor nz_in, Tensor nz_val) {
-  return PooledMessages::apply(x, sh, weights, sender, receiver, half, slot_start, slot_path,
-                               nz_sh, nz_in, nz_val);
+                       int64_t pairs, Tensor slot_start, Tensor slot_path, Tensor nz_sh,
+                       Tensor nz_in, Tensor nz_val, int64_t receivers) {
+  return PooledMessages::apply(x, sh, weights, sender, receiver, pairs, slot_start, slot_path,
+                               nz_sh, nz_in, nz_val, receivers);
 }
 
 Tensor pooled_messages_mlp(Tensor x, Tensor sh, Tensor radial, std::optional<Tensor> cutoff,
                            Tensor sender, Tensor receiver, Tensor hidden_weights,
                            std::vector<int64_t> sizes, Tensor last, double act_scale,
-                           int64_t half, Tensor slot_start, Tensor slot_path, Tensor nz_sh,
-                           Tensor nz_in, Tensor nz_val, int64_t chunk) {
+                           int64_t pairs, Tensor slot_start, Tensor slot_path, Tensor nz_sh,
+                           Tensor nz_in, Tensor nz_val, int64_t chunk, int64_t receivers) {
   // no envelope: an empty tensor (an undefined one cannot pass through the autograd Function)
   const Tensor envelope = cutoff.has_value() ? *cutoff : radial.new_empty({0});
   return PooledMessagesMLP::apply(x, sh, radial, envelope, sender, receiver,
-                                  hidden_weights, sizes, last, act_scale, half, slot_start,
-                                  slot_path, nz_sh, nz_in, nz_val, chunk);
+                                  hidden_weights, sizes, last, act_scale, pairs, slot_start,
+                                  slot_path, nz_sh, nz_in, nz_val, chunk, receivers);
 }
 
 Tensor symmetric_contraction(Tensor x, Tensor species, Tensor p, Tensor first, Tensor dst,
@@ -338,14 +350,14 @@ void set_halo_comm(HaloComm* comm) { halo_comm = comm; }
 TORCH_LIBRARY(openmace, m) {
   m.def(
       "pooled_messages(Tensor x, Tensor sh, Tensor weights, Tensor sender, Tensor receiver, "
-      "int half, Tensor slot_start, Tensor slot_path, Tensor nz_sh, Tensor nz_in, "
-      "Tensor nz_val) -> Tensor",
+      "int pairs, Tensor slot_start, Tensor slot_path, Tensor nz_sh, Tensor nz_in, "
+      "Tensor nz_val, int receivers) -> Tensor",
       &pooled_messages);
   m.def(
       "pooled_messages_mlp(Tensor x, Tensor sh, Tensor radial, Tensor? cutoff, Tensor sender, "
       "Tensor receiver, Tensor hidden_weights, int[] sizes, Tensor last, float act_scale, "
-      "int half, Tensor slot_start, Tensor slot_path, Tensor nz_sh, Tensor nz_in, "
-      "Tensor nz_val, int chunk) -> Tensor",
+      "int pairs, Tensor slot_start, Tensor slot_path, Tensor nz_sh, Tensor nz_in, "
+      "Tensor nz_val, int chunk, int receivers) -> Tensor",
       &pooled_messages_mlp);
   m.def(
       "symmetric_contraction(Tensor x, Tensor species, Tensor p, Tensor first, Tensor dst, "

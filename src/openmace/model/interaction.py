@@ -42,10 +42,31 @@ from openmace.o3 import (
 EDGE_CHUNK_NUMBERS = 1 << 21  # numbers per edge-chunk tensor: 16 MiB in float64
 
 
-def pair_offsets(num_radial: int, num_edges: int) -> list[int]:
-    """Where each chunk of radial rows applies: its edges, and (when the radial rows cover half
-    the edges, the second half being the first reversed) also the reverse edges."""
-    return [0] if num_radial == num_edges else [0, num_radial]  # [-1]: 0 or the half
+def edge_segments(
+    start: int, stop: int, num_radial: int, num_edges: int
+) -> list[tuple[int, int, int, bool]]:
+    """The edges of radial rows ``start:stop`` as ``(row_start, row_stop, offset, reverse)``:
+    row ``r`` of a segment serves edge ``r + offset``. With ``R`` radial rows for ``E`` edges
+    the first ``P = E - R`` rows serve a pair each, edge ``r`` and its reverse ``r + P``, the
+    others one edge each, ``r + P`` (:func:`openmace.data.graph.radial_rows`: all edges in
+    reversed halves, ``P = R``; none paired, ``P = 0``; a LAMMPS domain's own pairs then
+    one-way edges). The segments that are not ``reverse`` cover ``start:stop`` once."""
+    pairs = num_edges - num_radial
+    segments: list[tuple[int, int, int, bool]] = []
+    paired_stop = min(stop, pairs)
+    if start < paired_stop:
+        segments.append((start, paired_stop, 0, False))
+        segments.append((start, paired_stop, pairs, True))
+    single_start = max(start, pairs)
+    if single_start < stop:
+        segments.append((single_start, stop, pairs, False))
+    return segments
+
+
+def receiver_rows(receivers: int, x: torch.Tensor) -> int:
+    """Rows of the pooled messages: ``receivers`` (the edges end on atoms ``0..receivers-1``,
+    a domain's own atoms), or every atom of ``x`` for -1."""
+    return x.shape[0] if receivers < 0 else receivers
 
 
 class EdgeMessages(nn.Module):
@@ -102,11 +123,15 @@ class EdgeMessages(nn.Module):
         sender: torch.Tensor,
         receiver: torch.Tensor,
         cutoff: torch.Tensor | None = None,
+        receivers: int = -1,
     ) -> torch.Tensor:
-        """``x [n, dim_in, c]``, ``Y [e, dim_sh]``, ``radial [e or e/2, num_radial]`` →
-        ``[n, dim_mid, c]``. ``e/2`` radial rows: edge ``i + e/2`` is edge ``i`` reversed (the
-        graphs of :mod:`openmace.data.graph`) and shares its radial weights."""
-        return self.pooled(x, sh, radial, sender, receiver, cutoff, True)
+        """``x [n, dim_in, c]``, ``Y [e, dim_sh]``, ``radial [rows, num_radial]`` →
+        ``[receivers, dim_mid, c]`` (all ``n`` atoms for -1; every receiver below it). With
+        fewer radial rows than edges the first ``e - rows`` edges are paired: edge
+        ``i + e - rows`` is edge ``i`` reversed and shares its radial weights
+        (:func:`edge_segments`: the graphs of :mod:`openmace.data.graph`, all paired, and a
+        LAMMPS domain's, paired then one way)."""
+        return self.pooled(x, sh, radial, sender, receiver, cutoff, True, receivers)
 
     def pooled(
         self,
@@ -117,14 +142,14 @@ class EdgeMessages(nn.Module):
         receiver: torch.Tensor,
         cutoff: torch.Tensor | None,
         apply_mlp: bool,
+        receivers: int = -1,
     ) -> torch.Tensor:
         """:meth:`forward`; with ``apply_mlp=False`` ``radial`` holds the radial weights
         ``[rows, paths · c]`` themselves (the inference swap computes them separately)."""
         tp = self.tensor_product
-        pooled = x.new_zeros((x.shape[0], tp.dim_mid, self.channels))
+        pooled = x.new_zeros((receiver_rows(receivers, x), tp.dim_mid, self.channels))
         chunk = self.edge_chunk
         num_radial = radial.shape[0]
-        offsets = pair_offsets(num_radial, sender.shape[0])
         for start in range(0, num_radial, chunk):
             stop = min(start + chunk, num_radial)
             weights = radial[start:stop]
@@ -133,9 +158,9 @@ class EdgeMessages(nn.Module):
             if cutoff is not None:
                 weights = weights * cutoff[start:stop]
             weights = weights.reshape(stop - start, tp.num_paths, self.channels)
-            for offset in offsets:
-                a, b = start + offset, stop + offset
-                messages = tp(x[sender[a:b]], sh[a:b], weights)
+            for r0, r1, offset, _ in edge_segments(start, stop, num_radial, sender.shape[0]):
+                a, b = r0 + offset, r1 + offset
+                messages = tp(x[sender[a:b]], sh[a:b], weights[r0 - start : r1 - start])
                 pooled.index_add_(0, receiver[a:b], messages)
         return pooled
 
@@ -177,13 +202,6 @@ class Gate(nn.Module):
         for k, part in enumerate(gated.split(self.dims, dim=-1)):
             out.append(part * gates[:, k * c : (k + 1) * c].unsqueeze(-1))
         return torch.cat(out, dim=-1)
-
-
-def _rows(t: torch.Tensor | None, start: int, stop: int) -> torch.Tensor | None:
-    """Rows ``start:stop`` of ``t`` (to the end for ``stop = -1``), or None."""
-    if t is None:
-        return None
-    return t[start:] if stop < 0 else t[start:stop]
 
 
 def _paired_rows(rows: torch.Tensor, num_edges: int) -> torch.Tensor:
@@ -314,14 +332,17 @@ class InteractionBlock(nn.Module):
         receiver: torch.Tensor,
         cutoff: torch.Tensor | None = None,
         receiver_groups: ElementGroups | None = None,
+        receivers: int = -1,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``h [n, c, dim_in]`` → (A-features ``[n, c, dim_target]``, residual or None).
 
-        ``radial`` holds the radial features of every edge, or of the first half of the edges
-        only when the second half are their reverses in the same order (same lengths);
-        ``cutoff`` (same rows) the envelope when it multiplies the radial MLP's output.
+        ``radial`` holds the radial features of every edge, or one row per pair when the
+        first ``2 P`` edges come in reversed halves, ``P`` = edges - rows (same lengths; the
+        edges after them one row each: :func:`edge_segments`); ``cutoff`` (same rows) the
+        envelope when it multiplies the radial MLP's output.
         ``receiver_groups``: the first atoms only (a domain's own atoms, which the edges end
-        on): A-features and residual are then computed for them alone."""
+        on): A-features and residual are then computed for them alone. ``receivers``: the
+        edges end on atoms ``0..receivers-1`` (-1: any atom), whose messages are summed."""
         own = groups if receiver_groups is None else receiver_groups
         local = own.species.shape[0]
         h_own = h if local == h.shape[0] else h[:local]
@@ -341,20 +362,14 @@ class InteractionBlock(nn.Module):
             if cutoff is not None:
                 cutoff = _paired_rows(cutoff, num_edges)
         xt = x.transpose(1, 2).contiguous()  # [n, dim_edge, c_edge]: channels last for edges
-        pairs = num_edges - radial.shape[0]  # paired edges, then (a domain) one-way edges
-        if pairs == 0 or 2 * pairs == num_edges:
-            pooled = self.messages(xt, sh, radial, sender, receiver, cutoff)
-        else:  # each part is either paired or not, as the implementations expect
-            p2 = 2 * pairs
-            pooled = self.messages(
-                xt, sh[:p2], radial[:pairs], sender[:p2], receiver[:p2], _rows(cutoff, 0, pairs)
-            ) + self.messages(
-                xt, sh[p2:], radial[pairs:], sender[p2:], receiver[p2:], _rows(cutoff, pairs, -1)
-            )
-        density = self._density(radial, cutoff, receiver, num_nodes, num_edges)
-        if local != num_nodes:
-            pooled, x = pooled[:local], x[:local]
+        receivers = num_nodes if receivers < 0 else receivers
+        pooled = self.messages(xt, sh, radial, sender, receiver, cutoff, receivers)
+        density = self._density(radial, cutoff, receiver, receivers, num_edges)
+        if local != receivers:  # messages to copies of atoms: not needed
+            pooled = pooled[:local]
             density = density if density is None else density[:local]
+        if local != num_nodes:
+            x = x[:local]
         mid = self.messages.tensor_product.split_mid(pooled)
         if self.gate is not None:
             assert density is not None  # the nonlinear block has an edge density

@@ -422,6 +422,7 @@ class MACE(nn.Module):
                 extra = self._select_head((h0 @ w) * w.shape[0] ** -0.5, node_head)
         h = h0.unsqueeze(-1)
         own: ElementGroups | None = None
+        receivers = num_atoms  # rows of the pooled messages: every atom an edge ends on
         if owners is not None:  # a domain: node updates of its own atoms only
             species, batch, site = species[:num_local], batch[:num_local], site[:num_local]
             extra = extra[:num_local]
@@ -430,12 +431,18 @@ class MACE(nn.Module):
                 product_groups = element_groups(torch.zeros_like(species), 1)
             if node_head is not None:
                 node_head = node_head[:num_local]
+            # edges ending on copies (all pairs both ways) are summed and dropped; the plugin's
+            # edges end on own atoms only
+            if receiver.numel() == 0 or int(receiver.max()) < num_local:
+                receivers = num_local
         layer = 0
         for interaction, product, readout in zip(self.interactions, self.products, self.readouts):
             if owners is not None and layer > 0:
                 h = self.halo(h, owners)
             layer += 1
-            a, residual = interaction(h, groups, sh, radial, sender, receiver, cutoff, own)
+            a, residual = interaction(
+                h, groups, sh, radial, sender, receiver, cutoff, own, receivers
+            )
             h = product(a, product_groups, residual)
             site = site + self._select_head(readout(h), node_head)
 
