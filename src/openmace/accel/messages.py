@@ -373,7 +373,7 @@ class PooledMessages(torch.autograd.Function):
             )
             return (*grads, None, None, None, None)
         need_x, need_sh, need_radial = ctx.needs_input_grad[:3]
-        n, dim_in, c = x.shape
+        dim_in, c = x.shape[1:]
         num_radial, mid = radial.shape[0], tp.dim_mid
         grad_pooled = grad_pooled.contiguous()
         grad_x = torch.zeros_like(x) if need_x else None
