@@ -40,7 +40,12 @@ import torch
 from torch import nn
 
 from openmace.kernels.limits import FUSED_CHUNK_BYTES, KEEP_WEIGHTS_BYTES
-from openmace.model.interaction import EdgeMessages, edge_segments, receiver_rows
+from openmace.model.interaction import (
+    EdgeMessages,
+    edge_segments,
+    paired_edge_count,
+    receiver_rows,
+)
 from openmace.model.radial import MLP, LayerNormMLP
 from openmace.o3 import irreps_dim
 
@@ -240,7 +245,7 @@ def _fused_backward(plan, grad_pooled, x, sh, radial, sender, receiver, all_weig
     """Gradients with respect to (x, Y, radial features) through the compiled kernels."""
     tp, kernels = plan, plan.kernels
     num_radial, c = radial.shape[0], x.shape[2]
-    pairs = sh.shape[0] - num_radial  # edges 0..2P paired, the rest one way (edge_segments)
+    pairs = paired_edge_count(num_radial, sh.shape[0])
     width = tp.num_paths * c
     # cache-friendly chunks whose weight gradient lives in a scratch buffer kept per thread
     chunk = _fused_rows(x, width)
@@ -314,6 +319,7 @@ class PooledMessages(torch.autograd.Function):
         tp = plan
         c = x.shape[2]
         num_radial, num_edges, width = radial.shape[0], sh.shape[0], tp.num_paths * c
+        pairs = paired_edge_count(num_radial, num_edges)
         kernels = plan.kernels
         if kernels is not None:  # the kernels read raw memory: dense row-major inputs
             sh, sender, receiver = sh.contiguous(), sender.contiguous(), receiver.contiguous()
@@ -342,7 +348,6 @@ class PooledMessages(torch.autograd.Function):
             weights = _forward_keeping(plan, radial[a:b], [z[a:b] for z in kept], out)
             weights = weights.view(b - a, tp.num_paths, c)
             if kernels is not None:
-                pairs = num_edges - num_radial
                 kernels.pooled_forward(
                     pooled, x, sh, weights, sender, receiver, a, pairs, *tp.sparse_cg
                 )

@@ -20,7 +20,7 @@ CPU tensors only, float32 or float64.
 import torch
 from torch import nn
 
-from openmace.model.interaction import EdgeMessages
+from openmace.model.interaction import EdgeMessages, paired_edge_count
 from openmace.model.product import SymmetricContraction
 from openmace.o3 import ElementGroups
 
@@ -52,7 +52,7 @@ class OperatorMessages(nn.Module):
         if cutoff is not None:
             weights = weights * cutoff
         rows = weights.shape[0]
-        pairs = sh.shape[0] - rows  # paired edges, then one way (interaction.edge_segments)
+        pairs = paired_edge_count(rows, sh.shape[0])
         return torch.ops.openmace.pooled_messages(
             x,
             sh,
@@ -107,7 +107,7 @@ class FusedOperatorMessages(OperatorMessages):
         cutoff: torch.Tensor | None = None,
         receivers: int = -1,
     ) -> torch.Tensor:
-        pairs = sh.shape[0] - radial.shape[0]  # paired, then one way (interaction.edge_segments)
+        pairs = paired_edge_count(radial.shape[0], sh.shape[0])
         return torch.ops.openmace.pooled_messages_mlp(
             x,
             sh,

@@ -45,7 +45,7 @@ from torch import nn
 
 from openmace.accel.messages import _scatter_copies
 from openmace.kernels import cpu_kernels
-from openmace.model.interaction import EdgeMessages, receiver_rows
+from openmace.model.interaction import EdgeMessages, paired_edge_count, receiver_rows
 
 
 class KernelPlan(NamedTuple):
@@ -58,8 +58,7 @@ class KernelPlan(NamedTuple):
 
 
 def _pairs(w: torch.Tensor, sh: torch.Tensor) -> int:
-    """Paired edges (the first ``2 P`` in reversed halves; interaction.edge_segments)."""
-    return sh.shape[0] - w.shape[0]
+    return paired_edge_count(w.shape[0], sh.shape[0])
 
 
 def _forward(plan: KernelPlan, x, sh, w, sender, receiver) -> torch.Tensor:

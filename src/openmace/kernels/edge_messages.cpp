@@ -314,7 +314,8 @@ void pooled_forward(torch::Tensor pooled, torch::Tensor x, torch::Tensor sh, tor
     const scalar_t *xp = x.data_ptr<scalar_t>(), *shp = sh.data_ptr<scalar_t>();
     const scalar_t *wp = w.data_ptr<scalar_t>(), *val = nz_val.data_ptr<scalar_t>();
     const int64_t *snd = sender.data_ptr<int64_t>(), *rcv = receiver.data_ptr<int64_t>();
-    over_parts<scalar_t>(first, pairs, w.size(0), rcv, pooled, [&](const Edges& edges, scalar_t* o) {
+    const int64_t rows = w.size(0);
+    over_parts<scalar_t>(first, pairs, rows, rcv, pooled, [&](const Edges& edges, scalar_t* o) {
       by_blocks<scalar_t>(shape.channels, [&](int64_t c, auto block) {
         forward_block<scalar_t, decltype(block)::value>(xp, shp, wp, snd, rcv, val, cg, edges,
                                                         shape, o, c);
@@ -342,7 +343,8 @@ void pooled_backward(torch::Tensor grad_x, torch::Tensor grad_sh, torch::Tensor 
     const scalar_t* gp = grad_pooled.data_ptr<scalar_t>();
     const int64_t *snd = sender.data_ptr<int64_t>(), *rcv = receiver.data_ptr<int64_t>();
     scalar_t *gy = grad_sh.data_ptr<scalar_t>(), *gw = grad_w.data_ptr<scalar_t>();
-    over_parts<scalar_t>(first, pairs, w.size(0), rcv, grad_x, [&](const Edges& edges, scalar_t* gx) {
+    const int64_t rows = w.size(0);
+    over_parts<scalar_t>(first, pairs, rows, rcv, grad_x, [&](const Edges& edges, scalar_t* gx) {
       by_blocks<scalar_t>(shape.channels, [&](int64_t c, auto block) {
         backward_block<scalar_t, decltype(block)::value>(xp, shp, wp, snd, rcv, val, cg, gp,
                                                          edges, shape, gx, gy, gw, c);

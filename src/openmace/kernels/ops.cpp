@@ -6,11 +6,11 @@
 //   torch.ops.openmace.pooled_messages_mlp(x, sh, radial [rows, nb], cutoff [rows, 1]?,
 //       sender, receiver, hidden_weights (flat), sizes, last [k, paths * c], act_scale, pairs,
 //       slot_start, slot_path, nz_sh, nz_in, nz_val, chunk, receivers) -> [receivers, mid, c]:
-//       the same with the
-//       weights made here by the radial MLP of plain layers (times the envelope before the
-//       last layer, when given): hidden pre-activations kept, the wide last layer's output
-//       made chunk rows at a time (the caller sizes chunks; 0: one chunk) forward and again
-//       backward; the MLP's backward by hand (the calculator's compiled path keeps the same)
+//       the same with the weights made here by the radial MLP of plain layers (times the
+//       envelope before the last layer, when given): hidden pre-activations kept, the wide last
+//       layer's output made chunk rows at a time (the caller sizes chunks; 0: one chunk) forward
+//       and again backward; the MLP's backward by hand (the calculator's compiled path keeps
+//       the same)
 //   torch.ops.openmace.symmetric_contraction(x [n, dim, c], species [n], p [slots, S, M, c],
 //       first, dst, src, last, pos, num_rows) -> [n, M, c]
 //
@@ -22,11 +22,11 @@
 // (pairs: edges 0..pairs-1 and pairs..2 pairs-1 are reversed halves sharing radial rows, the
 // edges after them one row each (0: no pairs; as in edge_messages.cpp); receivers: rows of the
 // output, every receiver below it (-1: all n atoms; a LAMMPS domain's edges end on its own
-// atoms, which come first); the other arguments as in edge_messages.cpp and contraction.cpp.) Each is a
-// torch::autograd::Function whose backward runs the hand-written backward kernel, so a scripted
-// model differentiates through them (forces, stress) in Python and in C++ (libtorch: the LAMMPS
-// plugin compiles these sources too). First derivatives only: a second derivative through them
-// is an error (the Python inference path falls back to autograd there instead).
+// atoms, which come first); the other arguments as in edge_messages.cpp and contraction.cpp.)
+// Each is a torch::autograd::Function whose backward runs the hand-written backward kernel, so a
+// scripted model differentiates through them (forces, stress) in Python and in C++ (libtorch:
+// the LAMMPS plugin compiles these sources too). First derivatives only: a second derivative
+// through them is an error (the Python inference path falls back to autograd there instead).
 
 #include <torch/autograd.h>
 #include <torch/library.h>

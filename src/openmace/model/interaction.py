@@ -42,6 +42,13 @@ from openmace.o3 import (
 EDGE_CHUNK_NUMBERS = 1 << 21  # numbers per edge-chunk tensor: 16 MiB in float64
 
 
+def paired_edge_count(num_radial: int, num_edges: int) -> int:
+    """``P = E - R``: with ``R`` radial rows for ``E`` edges, edges ``0..P`` and ``P..2P`` are
+    reversed halves sharing rows ``0..P``, and each edge after them has a row of its own (the
+    one declaration of this layout; :func:`edge_segments`)."""
+    return num_edges - num_radial
+
+
 def edge_segments(
     start: int, stop: int, num_radial: int, num_edges: int
 ) -> list[tuple[int, int, int, bool]]:
@@ -51,7 +58,7 @@ def edge_segments(
     others one edge each, ``r + P`` (:func:`openmace.data.graph.radial_rows`: all edges in
     reversed halves, ``P = R``; none paired, ``P = 0``; a LAMMPS domain's own pairs then
     one-way edges). The segments that are not ``reverse`` cover ``start:stop`` once."""
-    pairs = num_edges - num_radial
+    pairs = paired_edge_count(num_radial, num_edges)
     segments: list[tuple[int, int, int, bool]] = []
     paired_stop = min(stop, pairs)
     if start < paired_stop:
@@ -208,7 +215,7 @@ def _paired_rows(rows: torch.Tensor, num_edges: int) -> torch.Tensor:
     """Per-edge values from per-radial-row values: with ``R`` rows and ``E`` edges, the first
     ``P = E - R`` rows serve the ``P`` paired edges and again their reverses, the rest one
     edge each (:func:`openmace.data.graph.radial_rows` is the inverse)."""
-    pairs = num_edges - rows.shape[0]
+    pairs = paired_edge_count(rows.shape[0], num_edges)
     if pairs == 0:
         return rows
     return torch.cat([rows[:pairs], rows], dim=0)
@@ -362,7 +369,7 @@ class InteractionBlock(nn.Module):
             if cutoff is not None:
                 cutoff = _paired_rows(cutoff, num_edges)
         xt = x.transpose(1, 2).contiguous()  # [n, dim_edge, c_edge]: channels last for edges
-        receivers = num_nodes if receivers < 0 else receivers
+        receivers = receiver_rows(receivers, h)
         pooled = self.messages(xt, sh, radial, sender, receiver, cutoff, receivers)
         density = self._density(radial, cutoff, receiver, receivers, num_edges)
         if local != receivers:  # messages to copies of atoms: not needed
